@@ -1,0 +1,49 @@
+"""The errors a user can cause. The CLI turns each into one line on stderr.
+
+Anything that is not an :class:`LclrError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LclrError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UnknownComponentError(LclrError, LookupError):
+    """A generator, direction model, objective, evaluator or layer name that no
+    installed plugin provides."""
+
+    exit_code = 2
+
+
+class ConfigError(LclrError, ValueError):
+    """A configuration value out of range, or a config file that cannot be read."""
+
+    exit_code = 2
+
+
+class PluginError(LclrError):
+    """A plugin failed to load, or two plugins claim one name."""
+
+    exit_code = 3
+
+
+class CheckpointError(LclrError):
+    """A weights or run file that is not what it should be, or does not fit."""
+
+    exit_code = 4
+
+
+class RunFolderError(LclrError):
+    """A run folder that is missing, incomplete, or would be overwritten."""
+
+    exit_code = 5
+
+
+def choices(names) -> str:
+    """``names`` as a sorted, comma-separated list for an error message."""
+    names = sorted(names)
+    return ", ".join(names) if names else "(none installed)"

@@ -1,0 +1,1 @@
+"""lclr plugin hooks."""
