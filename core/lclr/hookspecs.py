@@ -59,6 +59,16 @@ def lclr_register_evaluators(register):
     """
 
 
+@hookspec
+def lclr_register_commands(cli):
+    """Add click commands or groups to the ``lclr`` command line.
+
+    ``cli`` is the top-level click group; call ``cli.add_command(...)``.
+    Keep imports of heavy libraries (torch) inside the commands, so that
+    ``lclr --help`` stays fast.
+    """
+
+
 # Lifecycle of a run ---------------------------------------------------------
 
 
