@@ -40,7 +40,11 @@ class Generator(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def sample_latent(
-        self, n: int, seed: int | None = None, *, generator: torch.Generator | None = None
+        self,
+        n: int,
+        seed: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """``(N, D)`` codes in the working space, reproducible for a seed.
 
@@ -60,6 +64,11 @@ class Generator(nn.Module, abc.ABC):
     @abc.abstractmethod
     def synthesize(self, codes: torch.Tensor) -> torch.Tensor:
         """Full forward: ``(N, 3, H, W)`` images with values in ``[0, 1]``."""
+
+    def default_layer(self) -> str:
+        """The layer a run targets when the user names none."""
+        names = self.layers()
+        return names[len(names) // 2]
 
     def code_layers(self) -> list[str]:
         """A short label for each of the L per-layer codes (for help texts)."""
@@ -88,7 +97,9 @@ class DirectionModel(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def edit(self, codes: torch.Tensor, k: int, alpha: float | torch.Tensor) -> torch.Tensor:
+    def edit(
+        self, codes: torch.Tensor, k: int, alpha: float | torch.Tensor
+    ) -> torch.Tensor:
         """The ``(N, D)`` codes edited by direction ``k`` alone; for rendering.
 
         A negative ``alpha`` moves the other way.
@@ -96,7 +107,9 @@ class DirectionModel(nn.Module, abc.ABC):
 
     def export(self) -> dict[str, torch.Tensor]:
         """What it learnt, as named tensors for a safetensors file."""
-        return {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
+        return {
+            name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()
+        }
 
 
 class Objective(abc.ABC):

@@ -1,0 +1,193 @@
+"""Run configuration: one frozen attrs class, validated on construction.
+
+The CLI, the Python API and the run folder all speak :class:`RunConfig`; it
+round-trips through JSON and TOML. Defaults follow the paper, and the
+authors' release where the paper is silent (see docs/defaults.md).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from lclr.errors import ConfigError
+
+_converter = cattrs.Converter()
+
+
+def _at_least(minimum, what):
+    def check(instance, attribute, value):
+        if value < minimum:
+            raise ConfigError(f"{what} must be at least {minimum}; got {value}")
+
+    return check
+
+
+def _positive(what):
+    def check(instance, attribute, value):
+        if not value > 0:
+            raise ConfigError(f"{what} must be greater than 0; got {value}")
+
+    return check
+
+
+def _alpha_range(instance, attribute, value):
+    if value is None:
+        return
+    lo, hi = value
+    if not 0 < lo <= hi:
+        raise ConfigError(f"--alpha-range must be 0 < MIN <= MAX; got {lo}, {hi}")
+
+
+def _edit_layers(instance, attribute, value):
+    if value is not None and (not value or min(value) < 0):
+        raise ConfigError("--edit-layers needs non-negative code indices, e.g. 0-3")
+
+
+def _tuple_or_none(value):
+    return None if value is None else tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    """Everything needed to (re)run a LatentCLR training."""
+
+    generator: str = attrs.field(default="stylegan2")
+    """Generator plugin name."""
+    weights: str | None = None
+    """Checkpoint path; None for the plugin's embedded default."""
+    generator_options: dict[str, Any] = attrs.field(factory=dict)
+    """Options of the generator plugin (space, truncation, class...)."""
+    layer: str | None = None
+    """Target layer f; None for the generator's recommended layer."""
+    edit_layers: tuple[int, ...] | None = attrs.field(
+        default=None, converter=_tuple_or_none, validator=_edit_layers
+    )
+    """Per-layer codes (W+ indices) an edit goes to; None for all."""
+    direction: str = "nonlinear"
+    """Direction model: global, linear or nonlinear."""
+    direction_options: dict[str, Any] = attrs.field(factory=dict)
+    objective: str = "latentclr"
+    objective_options: dict[str, Any] = attrs.field(factory=dict)
+    k: int = attrs.field(default=8, validator=_at_least(2, "K (-k)"))
+    """K, number of directions."""
+    alpha: float = attrs.field(
+        default=3.0, converter=float, validator=_positive("alpha")
+    )
+    """α, the norm of every edit (also the step used for rendering)."""
+    alpha_range: tuple[float, float] | None = attrs.field(
+        default=None, converter=_tuple_or_none, validator=_alpha_range
+    )
+    """Sample α uniformly from this range while training; None for fixed α."""
+    batch_size: int = attrs.field(default=16, validator=_at_least(2, "batch size N"))
+    """N, samples per step."""
+    iterations: int = attrs.field(default=1000, validator=_at_least(1, "iterations"))
+    lr: float = attrs.field(default=1e-3, converter=float, validator=_positive("lr"))
+    lr_step: int = attrs.field(default=0, validator=_at_least(0, "lr_step"))
+    """Multiply the learning rate by lr_gamma every lr_step steps (0: never)."""
+    lr_gamma: float = attrs.field(
+        default=0.5, converter=float, validator=_positive("lr_gamma")
+    )
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value; None for no clipping."""
+    seed: int = 0
+    device: str = "cpu"
+    chunk_size: int | None = None
+    """Split the K·N edited forward into chunks of this many codes."""
+    checkpoint_every: int = attrs.field(
+        default=200, validator=_at_least(1, "checkpoint_every")
+    )
+    log_every: int = attrs.field(default=10, validator=_at_least(1, "log_every"))
+
+    # Round trips ---------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return _converter.unstructure(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key {', '.join(unknown)}; valid keys: "
+                f"{', '.join(sorted(names))}"
+            )
+        try:
+            return _converter.structure(data, cls)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"invalid config: {_first_error(exc)}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config is not valid JSON: {exc}") from None
+
+    def to_toml(self) -> str:
+        lines, tables = [], []
+        for key, value in self.to_dict().items():
+            if value is None:
+                continue  # TOML has no null: a missing key means the default
+            if isinstance(value, dict):
+                tables.append((key, value))
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        for key, table in tables:
+            lines.append(f"\n[{key}]")
+            lines += [
+                f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None
+            ]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, text: str) -> RunConfig:
+        try:
+            return cls.from_dict(tomllib.loads(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config is not valid TOML: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        """Read a ``.json`` or ``.toml`` config file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        if path.suffix == ".toml":
+            return cls.from_toml(text)
+        return cls.from_json(text)
+
+    def evolve(self, **changes) -> RunConfig:
+        return attrs.evolve(self, **changes)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        msgs = cattrs.transform_error(exc)
+        return msgs[0] if msgs else str(exc)
+    return str(exc)

@@ -1,0 +1,156 @@
+"""The run folder: config, resumable state, exported directions, metrics.
+
+Layout::
+
+    config.json              the effective RunConfig
+    state.pt                 training state for --resume (weights_only-safe)
+    directions.safetensors   the learnt directions, portable
+    directions.json          metadata: generator, layer, space, K, alpha...
+    metrics.jsonl            one JSON object per logged step
+    images/                  grids and animations from `lclr render`
+
+Every file is written atomically (temporary file, then rename), and nothing
+read from a run folder can execute code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lclr.config import RunConfig
+from lclr.errors import CheckpointError, RunFolderError
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+STATE = "state.pt"
+DIRECTIONS = "directions.safetensors"
+DIRECTIONS_META = "directions.json"
+METRICS = "metrics.jsonl"
+IMAGES = "images"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read a training state; refuses anything but tensors and plain data."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunFolderError(
+            f"{path.parent} has no {STATE}; it is not a resumable lclr run"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is not a valid lclr training state ({_short(exc)}); "
+            "start a new run instead"
+        ) from None
+
+
+def check_new_folder(folder: Path) -> None:
+    """Refuse to write a new run into a folder that already holds files."""
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(
+            f"{folder} exists and is not a folder; choose another --out"
+        )
+    if folder.is_dir() and any(folder.iterdir()):
+        hint = (
+            f"resume it with `lclr run --resume {folder}`"
+            if (folder / STATE).exists()
+            else "choose another --out"
+        )
+        raise RunFolderError(f"{folder} is not empty; {hint}")
+
+
+def read_config(folder: Path) -> RunConfig:
+    path = Path(folder) / CONFIG
+    if not Path(folder).is_dir():
+        raise RunFolderError(f"run folder {folder} does not exist")
+    if not path.exists():
+        raise RunFolderError(f"{folder} has no {CONFIG}; it is not an lclr run folder")
+    return RunConfig.from_file(path)
+
+
+def write_config(folder: Path, config: RunConfig) -> None:
+    atomic_write(Path(folder) / CONFIG, config.to_json().encode())
+
+
+def export_directions(folder: Path, tensors: dict, meta: dict[str, Any]) -> None:
+    """Write the directions as safetensors with JSON metadata beside them."""
+    from safetensors.torch import save
+
+    text = json.dumps(meta, sort_keys=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(Path(folder) / DIRECTIONS, save(tensors, metadata={"lclr": text}))
+    atomic_write(
+        Path(folder) / DIRECTIONS_META, (json.dumps(meta, indent=2) + "\n").encode()
+    )
+
+
+def read_directions(folder: Path) -> tuple[dict, dict]:
+    """The exported tensors and metadata of a run."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(folder) / DIRECTIONS
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("lclr", "{}"))
+    except FileNotFoundError:
+        raise RunFolderError(f"{folder} has no {DIRECTIONS} yet") from None
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise CheckpointError(
+            f"{path} is not a valid directions file: {_short(exc)}"
+        ) from None
+    return tensors, meta
+
+
+def truncate_metrics(folder: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (logged after the last checkpoint)."""
+    path = Path(folder) / METRICS
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write(path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

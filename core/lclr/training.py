@@ -1,0 +1,340 @@
+"""The LatentCLR training loop, readable top to bottom.
+
+One step: sample codes, take base features without gradient, edit with all K
+directions in one call, run one batched truncated forward on the K·N edited
+codes, and let the objective contrast the feature changes. The loop never
+prints: it logs at debug level and calls the lifecycle hooks; the CLI owns
+the progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from lclr import runfolder
+from lclr.config import RunConfig
+from lclr.errors import ConfigError, LclrError, UnknownComponentError
+from lclr.registry import get_registry, options_dict
+
+log = logging.getLogger(__name__)
+
+
+class RunInterrupted(LclrError):
+    """Ctrl-C: a checkpoint was written and the run can be resumed."""
+
+    exit_code = 130
+
+
+@attrs.define
+class RunState:
+    """A run being trained; what the lifecycle hooks receive."""
+
+    config: RunConfig
+    folder: Path
+    generator: Any
+    directions: Any
+    objective: Any
+    layer: str
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    rng: torch.Generator
+    step: int = 0
+
+
+# Building the pieces ------------------------------------------------------------
+
+
+def build_components(config: RunConfig):
+    """Generator, direction model, objective and target layer of a config."""
+    device = _device(config.device)
+    registry = get_registry()
+    generator = registry.build(
+        "generator", config.generator, config.generator_options, weights=config.weights
+    )
+    generator = generator.to(device).eval().requires_grad_(False)
+    layer = config.layer or generator.default_layer()
+    if layer not in generator.layers():
+        raise UnknownComponentError(
+            f"unknown layer '{layer}'; {config.generator} has: "
+            f"{', '.join(generator.layers())}"
+        )
+    check_edit_layers(config, generator)
+
+    # Directions start from the run's seed, without touching global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        directions = registry.build(
+            "direction",
+            config.direction,
+            config.direction_options,
+            k=config.k,
+            latent_dim=generator.latent_dim,
+        )
+        objective = registry.build(
+            "objective", config.objective, config.objective_options
+        )
+    directions = directions.to(device)
+    for p in objective.parameters():
+        p.data = p.data.to(device)
+    return generator, directions, objective, layer
+
+
+def check_edit_layers(config: RunConfig, generator) -> None:
+    if config.edit_layers is None:
+        return
+    bad = [i for i in config.edit_layers if i >= generator.num_codes]
+    if bad:
+        raise ConfigError(
+            f"--edit-layers {bad[0]} is out of range; {config.generator} takes "
+            f"{generator.num_codes} per-layer codes, 0-{generator.num_codes - 1}"
+        )
+
+
+def compose_codes(base, edited, edit_layers, num_codes):
+    """Codes for the generator with the edit applied to chosen layers only.
+
+    ``base`` (N, D) and ``edited`` (M, N, D) → (M·N, D), or (M·N, L, D) when
+    ``edit_layers`` names the per-layer codes that get the edit.
+    """
+    m, n, d = edited.shape
+    if edit_layers is None:
+        return edited.reshape(m * n, d)
+    mask = torch.zeros(num_codes, 1, dtype=torch.bool, device=base.device)
+    mask[list(edit_layers)] = True
+    plus = torch.where(mask, edited[:, :, None, :], base[None, :, None, :])
+    return plus.reshape(m * n, num_codes, d)  # (M·N, L, D)
+
+
+def flat_features(generator, codes, layer, chunk_size=None):
+    """Truncated forward, flattened to (M, F); chunked when asked."""
+    if not chunk_size or codes.shape[0] <= chunk_size:
+        return generator.features(codes, layer).flatten(1)
+    parts = [generator.features(c, layer).flatten(1) for c in codes.split(chunk_size)]
+    return torch.cat(parts)
+
+
+def make_optimizer(config: RunConfig, directions, objective):
+    params = list(directions.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    # A step of 0 means a constant rate: StepLR with gamma 1 keeps one code path.
+    step = config.lr_step or 1
+    gamma = config.lr_gamma if config.lr_step else 1.0
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=gamma)
+    return optimizer, scheduler
+
+
+# The loop ---------------------------------------------------------------------
+
+
+def train(config: RunConfig, folder: str | Path, *, resume: bool = False) -> RunState:
+    """Train (or resume) a run in ``folder`` up to ``config.iterations`` steps."""
+    folder = Path(folder)
+    if not resume:
+        runfolder.check_new_folder(folder)
+    generator, directions, objective, layer = build_components(config)
+    optimizer, scheduler = make_optimizer(config, directions, objective)
+    rng = torch.Generator().manual_seed(config.seed)
+    run = RunState(
+        config,
+        folder,
+        generator,
+        directions,
+        objective,
+        layer,
+        optimizer,
+        scheduler,
+        rng,
+    )
+    if resume:
+        _restore(run, runfolder.load_state(folder / runfolder.STATE))
+        runfolder.truncate_metrics(folder, run.step)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+    runfolder.write_config(folder, config)
+
+    hook = get_registry().pm.hook
+    hook.lclr_run_start(run=run)
+    interrupted = False
+    with _sigint_flag() as stop:
+        while run.step < config.iterations:
+            metrics = train_step(run)
+            run.step += 1
+            if run.step % config.log_every == 0 or run.step == config.iterations:
+                _log_metrics(folder, run.step, metrics)
+            hook.lclr_step_end(run=run, step=run.step, metrics=metrics)
+            if run.step % config.checkpoint_every == 0:
+                save_checkpoint(run)
+            if stop.is_set():
+                interrupted = True
+                break
+    save_checkpoint(run)
+    hook.lclr_run_end(run=run, interrupted=interrupted)
+    if interrupted:
+        raise RunInterrupted(
+            f"interrupted at step {run.step}; checkpoint written; "
+            f"resume with: lclr run --resume {folder}"
+        )
+    return run
+
+
+def train_step(run: RunState) -> dict[str, float]:
+    """One LatentCLR step; returns its metrics."""
+    config, g = run.config, run.generator
+    device = next(run.directions.parameters()).device
+
+    # 1. Sample N codes in the generator's working space.
+    codes = g.sample_latent(config.batch_size, generator=run.rng).to(device)
+
+    # 2. Base features, without gradient.
+    with torch.no_grad():
+        base_raw = flat_features(g, codes, run.layer, config.chunk_size)
+    base = run.objective.transform_features(base_raw)  # (N, F)
+
+    # 3. All K edits in one call of the direction model.
+    alpha = (
+        _sample_alpha(config, run.rng).to(device)
+        if config.alpha_range
+        else config.alpha
+    )
+    edited = run.directions(codes, alpha)  # (K, N, D)
+
+    # 4. One batched truncated forward on the K·N edited codes.
+    x = compose_codes(codes, edited, config.edit_layers, g.num_codes)
+    feats = flat_features(g, x, run.layer, config.chunk_size)
+    feats = run.objective.transform_features(feats)
+    changes = feats.view(config.k, config.batch_size, -1) - base[None]  # (K, N, F)
+
+    # 5. Contrast the changes and update the directions.
+    loss, metrics = run.objective(changes)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        params = [p for group in run.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    metrics = {"loss": float(loss.detach()), **metrics}
+    metrics["lr"] = run.optimizer.param_groups[0]["lr"]
+    log.debug("step %d: %s", run.step + 1, metrics)
+    return metrics
+
+
+def _sample_alpha(config: RunConfig, rng: torch.Generator) -> torch.Tensor:
+    lo, hi = config.alpha_range
+    u = torch.rand(config.k, config.batch_size, generator=rng)
+    return lo + (hi - lo) * u  # (K, N)
+
+
+# Checkpoints ----------------------------------------------------------------------
+
+
+def save_checkpoint(run: RunState) -> None:
+    """Resumable state and the exported directions, both atomically."""
+    objective_state = [p.detach().cpu() for p in run.objective.parameters()]
+    state = {
+        "step": run.step,
+        "config": run.config.to_json(),
+        "directions": run.directions.state_dict(),
+        "objective": objective_state,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": run.rng.get_state(),
+    }
+    path = run.folder / runfolder.STATE
+    runfolder.save_state(path, state)
+    runfolder.export_directions(run.folder, run.directions.export(), export_meta(run))
+    get_registry().pm.hook.lclr_checkpoint_written(run=run, path=path)
+    log.debug("checkpoint at step %d written to %s", run.step, path)
+
+
+def export_meta(run: RunState) -> dict[str, Any]:
+    c = run.config
+    return {
+        "format": "lclr-directions/1",
+        "generator": c.generator,
+        "weights": c.weights,
+        "generator_options": c.generator_options,
+        "generator_info": run.generator.describe(),
+        "layer": run.layer,
+        "space": run.generator.space,
+        "latent_dim": run.generator.latent_dim,
+        "num_codes": run.generator.num_codes,
+        "edit_layers": list(c.edit_layers) if c.edit_layers is not None else None,
+        "direction": c.direction,
+        "direction_options": options_dict_of(run.directions, c.direction_options),
+        "k": c.k,
+        "alpha": c.alpha,
+        "step": run.step,
+    }
+
+
+def options_dict_of(model, given: dict) -> dict:
+    options = getattr(model, "options", None)
+    return options_dict(options) if attrs.has(type(options)) else dict(given)
+
+
+def _restore(run: RunState, state: dict) -> None:
+    try:
+        run.directions.load_state_dict(state["directions"])
+        for p, saved in zip(
+            run.objective.parameters(), state["objective"], strict=True
+        ):
+            p.data.copy_(saved)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.rng.set_state(state["rng"])
+        run.step = int(state["step"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"{run.folder} cannot be resumed with this configuration ({exc}); "
+            "start a new run instead"
+        ) from None
+
+
+def _log_metrics(folder: Path, step: int, metrics: dict[str, float]) -> None:
+    with open(folder / runfolder.METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA GPU is available")
+    return device
+
+
+@contextlib.contextmanager
+def _sigint_flag():
+    """First Ctrl-C sets the flag (the loop stops at the step's end); a second
+    one interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("stopping after this step; press Ctrl-C again to abort")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+__all__ = ["RunState", "RunInterrupted", "train", "train_step"]

@@ -1,0 +1,109 @@
+"""Command-line entry points of the GAN recipe (click).
+
+``train_gan`` and ``export_gan`` are plain click commands; the shapes
+plugin adds them to ``lclr shapes``, and ``python -m
+lclr_shapes.gan.train`` / ``python -m lclr_shapes.gan.export`` run them
+directly. Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+
+def _log_to(path: Path, quiet: bool) -> None:
+    """Send the ``lclr_shapes`` logs to ``path`` (and stderr unless quiet)."""
+    fmt = logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S")
+    log = logging.getLogger("lclr_shapes")
+    log.setLevel(logging.INFO)
+    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    if not quiet:
+        handlers.append(logging.StreamHandler())
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+
+
+@click.command("train-gan")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Run folder for checkpoints, logs and samples.",
+)
+@click.option(
+    "--minutes",
+    type=float,
+    default=85.0,
+    show_default=True,
+    help="Total training wall time, over all resumes.",
+)
+@click.option("--steps", type=int, default=None, help="Total steps (optional).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--r1-gamma", type=float, default=0.01, show_default=True, help="R1 weight."
+)
+@click.option(
+    "--pl-weight",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Path-length weight (0: off).",
+)
+@click.option(
+    "--threads", type=int, default=2, show_default=True, help="torch CPU threads."
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out.")
+@click.option("-q", "--quiet", is_flag=True, help="Log to the folder only.")
+def train_gan(
+    out, minutes, steps, seed, batch_size, r1_gamma, pl_weight, threads, resume, quiet
+):
+    """Train the shapes StyleGAN2 (class-conditional, 32 px) on CPU."""
+    import torch
+
+    from lclr.errors import ConfigError
+    from lclr_shapes.gan.config import GanConfig
+    from lclr_shapes.gan.train import train
+
+    torch.set_num_threads(threads)
+    try:
+        config = GanConfig(
+            minutes=minutes,
+            steps=steps,
+            seed=seed,
+            batch=batch_size,
+            r1_gamma=r1_gamma,
+            pl_weight=pl_weight,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    _log_to(out / "train.log", quiet)
+    trainer = train(config, out, resume=resume)
+    click.echo(
+        f"{trainer.step} steps, {trainer.nimg / 1000:.1f} kimg, "
+        f"{trainer.elapsed / 60:.1f} min; checkpoint in {out}"
+    )
+
+
+@click.command("export-gan")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--to",
+    "dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for shapes32.pt/.json [default: lclr-stylegan2's weights].",
+)
+@click.option("--name", default="shapes32", show_default=True)
+def export_gan(run_dir, dest, name):
+    """Export a run's moving-average generator as StyleGAN2 weights."""
+    from lclr_shapes.gan.export import export
+
+    paths = export(run_dir, dest, name=name)
+    for path in paths:
+        click.echo(str(path))

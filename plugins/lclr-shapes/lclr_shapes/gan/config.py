@@ -1,0 +1,95 @@
+"""The settings of one GAN training run, validated and serialisable."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+
+
+def _positive(instance, attribute, value):
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _probability(instance, attribute, value):
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be in [0, 1], got {value}")
+
+
+def _int_keys(value) -> dict[int, int]:
+    return {int(k): int(v) for k, v in dict(value).items()}
+
+
+@attrs.frozen(kw_only=True)
+class GanConfig:
+    """Everything that defines a training run of the shapes generator.
+
+    The defaults are the recipe that produced the embedded generator.
+    """
+
+    size: int = 32
+    """Image side in pixels."""
+    style_dim: int = 128
+    """D, the size of z and w."""
+    n_mlp: int = 4
+    """Layers of the mapping network."""
+    lr_mlp: float = 0.01
+    """Learning-rate multiplier of the mapping network."""
+    g_channels: dict[int, int] = attrs.field(
+        factory=lambda: {4: 128, 8: 128, 16: 64, 32: 32}, converter=_int_keys
+    )
+    """Generator channels per resolution."""
+    d_channels: dict[int, int] = attrs.field(
+        factory=lambda: {4: 128, 8: 128, 16: 128, 32: 64}, converter=_int_keys
+    )
+    """Discriminator channels per resolution."""
+    conditional: bool = True
+    """Condition G and D on the shape class (one-hot, drawn uniformly)."""
+    batch: int = attrs.field(default=32, validator=_positive)
+    """Images per step, for D and for G alike."""
+    lr: float = attrs.field(default=0.0025, validator=_positive)
+    """Adam learning rate of G and D (betas 0, 0.99)."""
+    r1_gamma: float = 0.01
+    """Weight of the R1 penalty on real images."""
+    r1_interval: int = attrs.field(default=16, validator=_positive)
+    """D steps between lazy R1 steps."""
+    pl_weight: float = 0.0
+    """Weight of path-length regularisation; 0 turns it off."""
+    pl_interval: int = attrs.field(default=4, validator=_positive)
+    """G steps between lazy path-length steps."""
+    mixing: float = attrs.field(default=0.9, validator=_probability)
+    """Probability of style mixing for each generated sample."""
+    augment: tuple[str, ...] = attrs.field(
+        default=("translation", "cutout"), converter=tuple
+    )
+    """Differentiable augmentations applied before D, in order."""
+    augment_p: float = attrs.field(default=0.5, validator=_probability)
+    """Probability of each augmentation, per sample."""
+    ema_kimg: float = 10.0
+    """Half-life of G's moving average, in thousands of images."""
+    ema_rampup: float = 0.05
+    """Half-life at most this share of the images seen so far (or 0)."""
+    mbstd_group: int = 4
+    """Group size of the minibatch standard-deviation layer."""
+    seed: int = 0
+    """Seeds every random stream of the run."""
+    minutes: float | None = attrs.field(default=85.0, validator=_positive)
+    """Stop after this much training wall time (in total, over resumes)."""
+    steps: int | None = attrs.field(default=None, validator=_positive)
+    """Stop after this many steps (in total)."""
+    checkpoint_minutes: float = 5.0
+    """Wall time between checkpoints."""
+    sample_minutes: float = 5.0
+    """Wall time between sample grids and collapse checks."""
+    log_every: int = 50
+    """Steps between log lines."""
+
+    def to_json(self) -> str:
+        """The config as a JSON string."""
+        return json.dumps(attrs.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GanConfig:
+        """Inverse of :meth:`to_json`."""
+        return cls(**json.loads(text))

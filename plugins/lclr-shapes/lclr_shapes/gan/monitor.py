@@ -1,0 +1,106 @@
+"""What a training run shows of itself: sample grids and a collapse check.
+
+The check compares, for each class, 64 samples of G's moving average with
+real renders of that class: the distance between the mean images and the
+ratio of per-pixel standard deviations (diversity; near 1 is healthy, a
+collapsing class falls towards 0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lclr_shapes import render
+from lclr_shapes.gan.config import GanConfig
+
+logger = logging.getLogger(__name__)
+
+GRID_COLUMNS = 8
+CHECK_SAMPLES = 64
+
+
+def to_grid(images: torch.Tensor, columns: int, zoom: int = 3) -> Image.Image:
+    """``(N, 3, H, W)`` images in [0, 1] -> one PIL image, row-major."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    pad = rows * columns - n
+    if pad:
+        images = torch.cat([images, images.new_zeros(pad, 3, h, w)])
+    grid = images.view(rows, columns, 3, h, w).permute(0, 3, 1, 4, 2)
+    grid = grid.reshape(rows * h, columns * w, 3).clamp(0, 1)
+    array = (grid * 255 + 0.5).to(torch.uint8).numpy()
+    image = Image.fromarray(array)
+    return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
+
+
+def save_reals(path: Path, config: GanConfig) -> None:
+    """A grid of real renders, one row per class, for comparison."""
+    gen = torch.Generator().manual_seed(12345)
+    factors = render.sample_factors(len(render.SHAPES) * GRID_COLUMNS, gen)
+    order = torch.arange(len(render.SHAPES)).repeat_interleave(GRID_COLUMNS)
+    factors["shape"] = order
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_grid(render.render(factors, config.size), GRID_COLUMNS).save(path)
+
+
+class Probe:
+    """Fixed latents for grids and real statistics for the collapse check."""
+
+    def __init__(self, config: GanConfig):
+        self.config = config
+        c_dim = len(render.SHAPES)
+        gen = torch.Generator().manual_seed(2024)
+        # the same z in each column, a class per row
+        z = torch.randn(GRID_COLUMNS, config.style_dim, generator=gen)
+        self.grid_z = z.repeat(c_dim, 1)
+        idx = torch.arange(c_dim).repeat_interleave(GRID_COLUMNS)
+        self.grid_c = F.one_hot(idx, c_dim).float()
+        self.check_z = torch.randn(
+            c_dim * CHECK_SAMPLES, config.style_dim, generator=gen
+        )
+        idx = torch.arange(c_dim).repeat_interleave(CHECK_SAMPLES)
+        self.check_c = F.one_hot(idx, c_dim).float()
+        factors = render.sample_factors(c_dim * 256, gen)
+        factors["shape"] = torch.arange(c_dim).repeat_interleave(256)
+        reals = render.render(factors, config.size).view(c_dim, 256, -1)
+        self.real_mean = reals.mean(dim=1)  # (C, 3*H*W)
+        self.real_std = reals.std(dim=1).mean(dim=1)  # (C,)
+
+    @torch.no_grad()
+    def sample(self, G, z, c) -> torch.Tensor:
+        """Images in [0, 1] from G at full truncation, constant noise."""
+        if not self.config.conditional:
+            c = None
+        return (G(z, c, noise_mode="const") + 1) / 2
+
+    def report(self, trainer, folder: Path) -> dict:
+        """Save a grid PNG and log the per-class collapse check."""
+        folder.mkdir(parents=True, exist_ok=True)
+        G = trainer.G_ema
+        grid = self.sample(G, self.grid_z, self.grid_c)
+        to_grid(grid, GRID_COLUMNS).save(folder / f"grid_{trainer.step:06d}.png")
+        fake = self.sample(G, self.check_z, self.check_c)
+        fake = fake.view(len(render.SHAPES), CHECK_SAMPLES, -1)
+        mean_dist = (fake.mean(dim=1) - self.real_mean).square().mean(dim=1).sqrt()
+        diversity = fake.std(dim=1).mean(dim=1) / self.real_std
+        result = {
+            "step": trainer.step,
+            "minutes": trainer.elapsed / 60,
+            "mean_rmse": [round(v, 4) for v in mean_dist.tolist()],
+            "diversity": [round(v, 3) for v in diversity.tolist()],
+        }
+        with open(folder / "checks.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+        logger.info(
+            "check at step %d: per-class mean RMSE %s, diversity %s",
+            trainer.step,
+            result["mean_rmse"],
+            result["diversity"],
+        )
+        return result

@@ -1,0 +1,134 @@
+"""The discriminator used to train the shapes generator.
+
+A residual StyleGAN2-style discriminator: equalised learning rate, a
+minibatch standard-deviation layer at 4x4, and class conditioning by
+projection (the inner product of an embedding of the one-hot class with
+the penultimate features), the form NVIDIA's conditional releases use.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def lrelu(x: torch.Tensor) -> torch.Tensor:
+    """Leaky ReLU (slope 0.2) scaled by sqrt(2) to keep unit variance."""
+    return F.leaky_relu(x, 0.2) * _SQRT2
+
+
+class EqLinear(nn.Module):
+    """A linear layer whose weight is scaled by 1/sqrt(fan_in) at run time."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim))
+        self.bias = nn.Parameter(torch.zeros(out_dim)) if bias else None
+        self.scale = 1.0 / math.sqrt(in_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_dim)`` -> ``(N, out_dim)``."""
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class EqConv2d(nn.Module):
+    """A 'same' convolution with an equalised learning rate."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
+        self.padding = kernel // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_ch, H, W)`` -> ``(N, out_ch, H, W)``."""
+        w = self.weight * self.scale
+        return F.conv2d(x, w, self.bias, padding=self.padding)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions and a 2x downsampling, with a 1x1 skip path."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv0 = EqConv2d(in_ch, in_ch, 3)
+        self.conv1 = EqConv2d(in_ch, out_ch, 3)
+        self.skip = EqConv2d(in_ch, out_ch, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_ch, H, W)`` -> ``(N, out_ch, H/2, W/2)``."""
+        skip = self.skip(F.avg_pool2d(x, 2))
+        x = lrelu(self.conv0(x))
+        x = lrelu(self.conv1(F.avg_pool2d(x, 2)))
+        return (x + skip) / _SQRT2
+
+
+def minibatch_stddev(x: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """Append one channel: the feature std over groups of samples.
+
+    The group is the largest divisor of N not above ``group``.
+    """
+    n, c, h, w = x.shape
+    g = max(d for d in range(1, min(group, n) + 1) if n % d == 0)
+    y = x.reshape(g, n // g, c, h, w)
+    y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt()  # (N/g, C, H, W)
+    y = y.mean(dim=(1, 2, 3))  # (N/g,)
+    y = y.reshape(1, n // g, 1, 1, 1).expand(g, -1, 1, h, w)
+    return torch.cat([x, y.reshape(n, 1, h, w)], dim=1)
+
+
+class Discriminator(nn.Module):
+    """Residual, class-conditional discriminator for square images.
+
+    ``channels`` maps each resolution (size, size/2, ..., 8, 4) to its
+    channel count. With ``c_dim == 0`` it is unconditional.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        channels: dict[int, int],
+        c_dim: int = 0,
+        cmap_dim: int = 128,
+        mbstd_group: int = 4,
+    ):
+        super().__init__()
+        if size < 8 or size & (size - 1):
+            raise ValueError(f"size must be a power of two >= 8, got {size}")
+        self.size = size
+        self.c_dim = c_dim
+        self.mbstd_group = mbstd_group
+        self.from_rgb = EqConv2d(3, channels[size], 1)
+        blocks = []
+        res = size
+        while res > 4:
+            blocks.append(ResBlock(channels[res], channels[res // 2]))
+            res //= 2
+        self.blocks = nn.ModuleList(blocks)
+        ch = channels[4]
+        self.conv = EqConv2d(ch + 1, ch, 3)
+        self.fc = EqLinear(ch * 16, ch)
+        self.cmap_dim = cmap_dim if c_dim else 1
+        self.out = EqLinear(ch, self.cmap_dim)
+        self.embed = EqLinear(c_dim, cmap_dim) if c_dim else None
+
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None):
+        """``(N, 3, H, W)`` images in [-1, 1] and ``(N, c_dim)`` one-hot
+        classes -> ``(N,)`` logits (real > 0)."""
+        x = lrelu(self.from_rgb(img))
+        for block in self.blocks:
+            x = block(x)
+        x = minibatch_stddev(x, self.mbstd_group)  # (N, C+1, 4, 4)
+        x = lrelu(self.conv(x))
+        x = lrelu(self.fc(x.flatten(1)))  # (N, C)
+        x = self.out(x)  # (N, cmap_dim)
+        if self.embed is None:
+            return x[:, 0]
+        cmap = self.embed(c)  # (N, cmap_dim)
+        return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)

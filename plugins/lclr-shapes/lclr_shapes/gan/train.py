@@ -1,0 +1,395 @@
+"""Adversarial training of a small class-conditional StyleGAN2 on shapes.
+
+The loop follows StyleGAN2-ADA's phases, one step at a time: a D step on
+real and generated images, a lazy R1 step every ``r1_interval`` steps, a G
+step (with an optional lazy path-length step) and an update of G's moving
+average. Every random draw comes from a seeded ``torch.Generator`` (or
+the global RNG, for synthesis noise), and all of their states are saved
+in the checkpoint, so a resumed run continues exactly where it stopped.
+
+Run it with ``python -m lclr_shapes.gan.train --out DIR`` or
+``lclr shapes train-gan``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lclr_stylegan2.model import StyleGAN2
+from torch import nn
+
+from lclr.errors import CheckpointError, RunFolderError
+from lclr_shapes import render
+from lclr_shapes.gan.augment import augment
+from lclr_shapes.gan.config import GanConfig
+from lclr_shapes.gan.networks import Discriminator
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+"""Name of the training state inside a run folder."""
+
+
+def build_generator(config: GanConfig) -> StyleGAN2:
+    """The generator a config describes, freshly initialised."""
+    return StyleGAN2(
+        config.size,
+        style_dim=config.style_dim,
+        n_mlp=config.n_mlp,
+        channels=config.g_channels,
+        c_dim=len(render.SHAPES) if config.conditional else 0,
+        lr_mlp=config.lr_mlp,
+    )
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """The networks, optimisers and random streams of one run.
+
+    ``step`` counts finished steps, ``nimg`` real images shown to D,
+    ``elapsed`` seconds of training over all sessions.
+    """
+
+    def __init__(self, config: GanConfig):
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.c_dim = len(render.SHAPES) if config.conditional else 0
+        self.G = build_generator(config)
+        self.D = Discriminator(
+            config.size,
+            config.d_channels,
+            c_dim=self.c_dim,
+            mbstd_group=config.mbstd_group,
+        )
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.opt_G = self._adam(self.G, config.pl_interval if config.pl_weight else 0)
+        self.opt_D = self._adam(self.D, config.r1_interval if config.r1_gamma else 0)
+        self.gens = {}
+        for i, name in enumerate(("data", "latent", "augment")):
+            self.gens[name] = torch.Generator().manual_seed(config.seed * 1000 + i)
+        self.step = 0
+        self.nimg = 0
+        self.elapsed = 0.0
+        self.pl_mean = torch.zeros(())
+
+    def _adam(self, net: nn.Module, interval: int) -> torch.optim.Adam:
+        """Adam with the lazy-regularisation correction of its lr and betas."""
+        c = interval / (interval + 1) if interval else 1.0
+        lr = self.config.lr * c
+        return torch.optim.Adam(
+            net.parameters(), lr=lr, betas=(0.0, 0.99**c), eps=1e-8
+        )
+
+    # Sampling ---------------------------------------------------------------
+
+    def sample_classes(self, n: int) -> torch.Tensor | None:
+        """``(N, c_dim)`` one-hot classes drawn uniformly, or ``None``."""
+        if not self.c_dim:
+            return None
+        idx = torch.randint(self.c_dim, (n,), generator=self.gens["latent"])
+        return F.one_hot(idx, self.c_dim).float()
+
+    def real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rendered images in [-1, 1] and their one-hot classes."""
+        factors = render.sample_factors(self.config.batch, self.gens["data"])
+        img = render.render(factors, self.config.size) * 2 - 1  # (N, 3, S, S)
+        if not self.c_dim:
+            return img, None
+        return img, F.one_hot(factors["shape"], self.c_dim).float()
+
+    def generate(self, G: StyleGAN2, n: int, c: torch.Tensor | None):
+        """Images from random z with style mixing: ``(img, ws)``.
+
+        A sample is mixed with probability ``mixing``: from a random layer
+        index on, its codes come from a second z of the same class.
+        """
+        gen = self.gens["latent"]
+        L = G.n_latent
+        z = torch.randn(n, G.style_dim, generator=gen)
+        z2 = torch.randn(n, G.style_dim, generator=gen)
+        cutoff = torch.randint(1, L, (n,), generator=gen)
+        mixed = torch.rand(n, generator=gen) < self.config.mixing
+        cutoff = torch.where(mixed, cutoff, torch.full_like(cutoff, L))
+        w = G.mapping(z, c)  # (N, D)
+        ws = w.unsqueeze(1).expand(-1, L, -1)  # (N, L, D)
+        if bool(mixed.any()):
+            w2 = G.mapping(z2, c)
+            late = torch.arange(L).view(1, L, 1) >= cutoff.view(n, 1, 1)
+            ws = torch.where(late, w2.unsqueeze(1), ws)
+        return G.synthesis(ws, noise_mode="random"), ws
+
+    def discriminate(self, img: torch.Tensor, c) -> torch.Tensor:
+        """D's ``(N,)`` logits for augmented ``img``."""
+        cfg = self.config
+        img = augment(img, cfg.augment, cfg.augment_p, self.gens["augment"])
+        return self.D(img, c)
+
+    # One step ---------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        """One D step, lazy R1, one G step, lazy path length, EMA update."""
+        cfg = self.config
+        n = cfg.batch
+        metrics: dict[str, float] = {}
+
+        # D: real images up, generated ones down.
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        real, c_real = self.real_batch()
+        c_fake = self.sample_classes(n)
+        with torch.no_grad():
+            fake, _ = self.generate(self.G, n, c_fake)
+        logits_fake = self.discriminate(fake, c_fake)
+        logits_real = self.discriminate(real, c_real)
+        loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_D.step()
+        metrics["loss_d"] = loss_d.item()
+        metrics["d_real"] = logits_real.mean().item()
+        metrics["d_fake"] = logits_fake.mean().item()
+
+        # Lazy R1: penalise D's gradient on real images.
+        if cfg.r1_gamma and self.step % cfg.r1_interval == 0:
+            real = real.detach().requires_grad_(True)
+            logits = self.discriminate(real, c_real)
+            (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+            penalty = grad.square().sum(dim=(1, 2, 3))  # (N,)
+            loss_r1 = penalty.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval
+            self.opt_D.zero_grad(set_to_none=True)
+            (loss_r1 + logits.mean() * 0).backward()
+            self.opt_D.step()
+            metrics["r1"] = penalty.mean().item()
+
+        # G: make D call generated images real.
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
+        c_fake = self.sample_classes(n)
+        fake, _ = self.generate(self.G, n, c_fake)
+        loss_g = F.softplus(-self.discriminate(fake, c_fake)).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_G.step()
+        metrics["loss_g"] = loss_g.item()
+
+        # Lazy path length: keep |J^T y| of the synthesis constant.
+        if cfg.pl_weight and self.step % cfg.pl_interval == 0:
+            metrics["pl"] = self._path_length_step()
+
+        # Moving average of G, its half-life ramped up from zero.
+        self.step += 1
+        self.nimg += n
+        self._update_ema()
+        return metrics
+
+    def _path_length_step(self) -> float:
+        cfg = self.config
+        n = max(1, cfg.batch // 2)
+        fake, ws = self.generate(self.G, n, self.sample_classes(n))
+        noise = torch.randn(fake.shape, generator=self.gens["latent"])
+        noise = noise / math.sqrt(fake.shape[2] * fake.shape[3])
+        (grad,) = torch.autograd.grad((fake * noise).sum(), ws, create_graph=True)
+        lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()  # (N,)
+        self.pl_mean = self.pl_mean.lerp(lengths.mean().detach(), 0.01)
+        penalty = (lengths - self.pl_mean).square().mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        (penalty * cfg.pl_weight * cfg.pl_interval).backward()
+        self.opt_G.step()
+        return penalty.item()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        cfg = self.config
+        half_life = cfg.ema_kimg * 1000
+        if cfg.ema_rampup:
+            half_life = min(half_life, self.nimg * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch / max(half_life, 1e-8))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    # Checkpoints ------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume, loadable with ``weights_only=True``."""
+        return {
+            "config": self.config.to_json(),
+            "step": self.step,
+            "nimg": self.nimg,
+            "elapsed": self.elapsed,
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "pl_mean": self.pl_mean,
+            "rng": {
+                **{k: g.get_state() for k, g in self.gens.items()},
+                "torch": torch.get_rng_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.step = int(state["step"])
+        self.nimg = int(state["nimg"])
+        self.elapsed = float(state["elapsed"])
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.pl_mean = state["pl_mean"]
+        for name, g in self.gens.items():
+            g.set_state(state["rng"][name])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self, folder: Path) -> Path:
+        """Write the checkpoint atomically into ``folder``."""
+        path = Path(folder) / CHECKPOINT
+        _save_atomic(self.state_dict(), path)
+        return path
+
+
+def load_checkpoint(folder: str | Path) -> dict:
+    """The training state saved in a run folder (tensors on CPU)."""
+    path = Path(folder) / CHECKPOINT
+    if not path.is_file():
+        raise RunFolderError(
+            f"no {CHECKPOINT} in {folder}; train first with "
+            "'python -m lclr_shapes.gan.train --out DIR'"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a GAN training checkpoint: {exc}")
+    if not isinstance(state, dict) or "G_ema" not in state:
+        raise CheckpointError(f"{path} is not a GAN training checkpoint")
+    return state
+
+
+def _done(trainer: Trainer) -> bool:
+    cfg = trainer.config
+    if cfg.steps is not None and trainer.step >= cfg.steps:
+        return True
+    return cfg.minutes is not None and trainer.elapsed >= cfg.minutes * 60
+
+
+def train(
+    config: GanConfig, out: str | Path, resume: bool = False
+) -> Trainer:
+    """Train (or resume) a run in folder ``out`` until its minutes or steps.
+
+    Writes ``config.json``, ``checkpoint.pt`` every ``checkpoint_minutes``
+    and at the end, ``metrics.jsonl`` and, every ``sample_minutes``, a
+    sample grid and a collapse check under ``samples/``. With ``resume``
+    the folder's checkpoint is loaded and ``config``'s ``minutes`` and
+    ``steps`` (the totals to reach) replace the saved ones.
+    """
+    from lclr_shapes.gan import monitor
+
+    out = Path(out)
+    if resume:
+        state = load_checkpoint(out)
+        saved = GanConfig.from_json(state["config"])
+        import attrs
+
+        config = attrs.evolve(saved, minutes=config.minutes, steps=config.steps)
+        trainer = Trainer(config)
+        trainer.load_state_dict(state)
+        logger.info("resumed at step %d (%.1f min)", trainer.step, trainer.elapsed / 60)
+    else:
+        if (out / CHECKPOINT).exists():
+            raise RunFolderError(
+                f"{out} already holds a run; pass --resume or choose another --out"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(config)
+        monitor.save_reals(out / "samples" / "reals.png", config)
+    (out / "config.json").write_text(config.to_json() + "\n")
+    probe = monitor.Probe(config)
+
+    started = time.monotonic()
+    base = trainer.elapsed
+    last_ckpt = last_sample = trainer.elapsed
+    window_t, window_steps = time.monotonic(), 0
+    sums: dict[str, float] = {}
+    with open(out / "metrics.jsonl", "a") as metrics_file:
+        while not _done(trainer):
+            metrics = trainer.train_step()
+            trainer.elapsed = base + time.monotonic() - started
+            window_steps += 1
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+
+            # Log the window's averages.
+            if trainer.step % config.log_every == 0 or _done(trainer):
+                now = time.monotonic()
+                record = {k: v / window_steps for k, v in sums.items()}
+                record["r1"] = metrics.get("r1", float("nan"))
+                record.update(
+                    step=trainer.step,
+                    kimg=trainer.nimg / 1000,
+                    minutes=trainer.elapsed / 60,
+                    sec_per_step=(now - window_t) / window_steps,
+                )
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                logger.info(
+                    "step %d kimg %.1f min %.1f s/step %.3f loss_d %.3f "
+                    "loss_g %.3f d_real %.2f d_fake %.2f r1 %.4f",
+                    trainer.step,
+                    record["kimg"],
+                    record["minutes"],
+                    record["sec_per_step"],
+                    record["loss_d"],
+                    record["loss_g"],
+                    record["d_real"],
+                    record["d_fake"],
+                    record["r1"],
+                )
+                if not all(math.isfinite(record[k]) for k in ("loss_d", "loss_g")):
+                    trainer.save(out)
+                    raise FloatingPointError(f"loss diverged at step {trainer.step}")
+                sums, window_t, window_steps = {}, now, 0
+
+            # Sample grid and collapse check.
+            if trainer.elapsed - last_sample >= config.sample_minutes * 60:
+                last_sample = trainer.elapsed
+                probe.report(trainer, out / "samples")
+
+            # Checkpoint.
+            if trainer.elapsed - last_ckpt >= config.checkpoint_minutes * 60:
+                last_ckpt = trainer.elapsed
+                trainer.save(out)
+                logger.info("checkpoint at step %d", trainer.step)
+
+    trainer.save(out)
+    probe.report(trainer, out / "samples")
+    logger.info(
+        "finished: %d steps, %.1f kimg, %.1f min",
+        trainer.step,
+        trainer.nimg / 1000,
+        trainer.elapsed / 60,
+    )
+    return trainer
+
+
+if __name__ == "__main__":
+    from lclr_shapes.gan.cli import train_gan
+
+    train_gan(prog_name="python -m lclr_shapes.gan.train")
