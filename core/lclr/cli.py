@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from lclr.errors import ConfigError, LclrError
+from lclr.hookspecs import hookimpl
 
 log = logging.getLogger("lclr")
 
@@ -249,6 +250,7 @@ class _ProgressBar:
         self.total = total
         self.bar = None
 
+    @hookimpl
     def lclr_run_start(self, run):
         from tqdm import tqdm
 
@@ -257,6 +259,7 @@ class _ProgressBar:
             file=sys.stderr, dynamic_ncols=True,
         )  # fmt: skip
 
+    @hookimpl
     def lclr_step_end(self, run, step, metrics):
         self.bar.update(1)
         if step % 10 == 0 or step == run.config.iterations:
@@ -264,6 +267,7 @@ class _ProgressBar:
                 loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}"
             )
 
+    @hookimpl
     def lclr_run_end(self, run, interrupted):
         self.bar.close()
 
@@ -274,11 +278,8 @@ class _progress:
 
     def __enter__(self):
         if self.plugin is not None:
-            from lclr.hookspecs import hookimpl
             from lclr.registry import get_registry
 
-            for name in ("lclr_run_start", "lclr_step_end", "lclr_run_end"):
-                setattr(self.plugin, name, hookimpl(getattr(self.plugin, name)))
             get_registry().pm.register(self.plugin, name="lclr-progress")
         return self
 

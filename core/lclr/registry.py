@@ -104,7 +104,12 @@ class Registry:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {exc.plugin_name}: {exc}") from None
+            name = self.pm.get_name(exc.plugin) or repr(exc.plugin)
+            dist = self._dists.get(name, name)
+            raise PluginError(
+                f"plugin {name} ({dist}) implements a hook lclr does not have: "
+                f"{str(exc).split(' in plugin')[0]}; fix or uninstall it"
+            ) from None
         self._collect()
 
     def _collect(self, only: str | None = None) -> None:

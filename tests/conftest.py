@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests run on one thread: the machine is small and shared."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lclr.registry import reset_registry
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """A registry loaded anew for this test, and forgotten after it."""
+    monkeypatch.delenv("LCLR_PLUGINS", raising=False)
+    reset_registry()
+    yield
+    reset_registry()
+
+
+def tiny_config(**changes):
+    """A run on the toy generator that takes a second or two."""
+    from lclr.config import RunConfig
+
+    base = dict(
+        generator="toy",
+        layer="conv1",
+        direction="linear",
+        k=3,
+        batch_size=4,
+        iterations=12,
+        checkpoint_every=5,
+        log_every=2,
+        alpha=1.0,
+    )
+    base.update(changes)
+    return RunConfig(**base)

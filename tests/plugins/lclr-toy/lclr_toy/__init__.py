@@ -1,0 +1,1 @@
+"""lclr-toy: a tiny generator with random weights, for tests and the tutorial."""
