@@ -149,11 +149,21 @@ def test_compose_codes_puts_the_edit_in_chosen_layers_only():
 
 def test_edit_layers_change_only_later_layers(tmp_path):
     # An edit to the toy's last code cannot move its first layer's features.
-    run = train(tiny_config(edit_layers=(2,), layer="fc", iterations=1), tmp_path / "r")
-    codes = run.generator.sample_latent(4, seed=3)
-    edited = run.directions(codes, 1.0)
-    x = compose_codes(codes, edited, (2,), 3)
-    assert torch.allclose(
-        run.generator.features(x, "fc"),
-        run.generator.features(codes, "fc").repeat(3, 1, 1, 1),
+    from lclr.training import build_components
+
+    g, d, *_ = build_components(tiny_config(edit_layers=(2,)))
+    codes = g.sample_latent(4, seed=3)
+    x = compose_codes(codes, d(codes, 1.0), (2,), 3)
+    base = g.features(codes, "fc").repeat(3, 1, 1, 1)
+    assert torch.equal(g.features(x, "fc"), base)
+    assert not torch.equal(
+        g.features(x, "conv2"), g.features(codes, "conv2").repeat(3, 1, 1, 1)
     )
+
+
+def test_an_edit_that_changes_nothing_is_one_clear_error(tmp_path):
+    from lclr.errors import LclrError
+
+    config = tiny_config(edit_layers=(2,), layer="fc", iterations=1)
+    with pytest.raises(LclrError, match="unchanged"):
+        train(config, tmp_path / "r")
