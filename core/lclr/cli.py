@@ -108,6 +108,16 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(set(out)))
 
 
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``"1000,5000"`` → (1000, 5000); an empty text → ()."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--lr-milestones '{text}' must look like 1000,5000"
+        ) from None
+
+
 # lclr run ------------------------------------------------------------------------
 
 
@@ -138,10 +148,10 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 @click.option("--batch-size", type=int, default=16, show_default=True, help="N.")
 @click.option("--iterations", type=int, default=1000, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option(
-    "--lr-step", type=int, default=0, help="Decay the lr every this many steps."
-)
-@click.option("--lr-gamma", type=float, default=0.5, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-3, show_default=True)
+@click.option("--lr-milestones", default="1000,5000", show_default=True,
+              help="Steps at which the lr is multiplied by --lr-gamma.")  # fmt: skip
+@click.option("--lr-gamma", type=float, default=0.2, show_default=True)
 @click.option("--grad-clip", type=float, help="Clip the gradient norm.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
@@ -208,12 +218,14 @@ def _config_from_options(opts: dict, given: set[str]):
     )
     fields = {
         "generator", "weights", "layer", "direction", "objective", "k", "alpha",
-        "batch_size", "iterations", "lr", "lr_step", "lr_gamma", "grad_clip",
+        "batch_size", "iterations", "lr", "weight_decay", "lr_gamma", "grad_clip",
         "seed", "device", "checkpoint_every",
     }  # fmt: skip
     changes = {name: opts[name] for name in fields & given}
     if "alpha_range" in given:
         changes["alpha_range"] = opts["alpha_range"]
+    if "lr_milestones" in given:
+        changes["lr_milestones"] = parse_steps(opts["lr_milestones"])
     if "edit_layers" in given:
         changes["edit_layers"] = parse_layers(opts["edit_layers"])
     gen = {

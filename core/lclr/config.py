@@ -49,6 +49,13 @@ def _edit_layers(instance, attribute, value):
         raise ConfigError("--edit-layers needs non-negative code indices, e.g. 0-3")
 
 
+def _milestones(instance, attribute, value):
+    if any(m < 1 for m in value) or list(value) != sorted(set(value)):
+        raise ConfigError(
+            "--lr-milestones must be increasing steps >= 1, e.g. 1000,5000"
+        )
+
+
 def _tuple_or_none(value):
     return None if value is None else tuple(value)
 
@@ -88,10 +95,16 @@ class RunConfig:
     """N, samples per step."""
     iterations: int = attrs.field(default=1000, validator=_at_least(1, "iterations"))
     lr: float = attrs.field(default=1e-3, converter=float, validator=_positive("lr"))
-    lr_step: int = attrs.field(default=0, validator=_at_least(0, "lr_step"))
-    """Multiply the learning rate by lr_gamma every lr_step steps (0: never)."""
+    weight_decay: float = attrs.field(
+        default=1e-3, converter=float, validator=_at_least(0, "weight_decay")
+    )
+    """Adam's weight decay (the authors' release: 1e-3)."""
+    lr_milestones: tuple[int, ...] = attrs.field(
+        default=(1000, 5000), converter=tuple, validator=_milestones
+    )
+    """Multiply the learning rate by lr_gamma at these steps (authors: 1000, 5000)."""
     lr_gamma: float = attrs.field(
-        default=0.5, converter=float, validator=_positive("lr_gamma")
+        default=0.2, converter=float, validator=_positive("lr_gamma")
     )
     grad_clip: float | None = None
     """Clip the gradient norm to this value; None for no clipping."""

@@ -129,9 +129,22 @@ class Objective(abc.ABC):
         """
         return features
 
+    def setup(self, feature_dim: int, device: torch.device | str | None = None):
+        """Called once before training with F, the flattened feature size,
+        so a projector head can be built. Nothing to do by default."""
+        return None
+
     def parameters(self) -> Sequence[torch.nn.Parameter]:
         """Trainable parameters of the objective (a projector head), if any."""
         return []
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must keep of the objective (empty by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        return None
 
 
 class Evaluator(abc.ABC):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -82,9 +83,10 @@ def build_components(config: RunConfig):
         objective = registry.build(
             "objective", config.objective, config.objective_options
         )
+        # A projector head is built here, from the same seeded RNG.
+        feature_dim = math.prod(generator.layer_shape(layer))
+        objective.setup(feature_dim, device)
     directions = directions.to(device)
-    for p in objective.parameters():
-        p.data = p.data.to(device)
     return generator, directions, objective, layer
 
 
@@ -124,11 +126,10 @@ def flat_features(generator, codes, layer, chunk_size=None):
 
 def make_optimizer(config: RunConfig, directions, objective):
     params = list(directions.parameters()) + list(objective.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    # A step of 0 means a constant rate: StepLR with gamma 1 keeps one code path.
-    step = config.lr_step or 1
-    gamma = config.lr_gamma if config.lr_step else 1.0
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=gamma)
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(config.lr_milestones), gamma=config.lr_gamma
+    )
     return optimizer, scheduler
 
 
@@ -239,7 +240,9 @@ def _sample_alpha(config: RunConfig, rng: torch.Generator) -> torch.Tensor:
 
 def save_checkpoint(run: RunState) -> None:
     """Resumable state and the exported directions, both atomically."""
-    objective_state = [p.detach().cpu() for p in run.objective.parameters()]
+    objective_state = {
+        k: v.detach().cpu() for k, v in run.objective.state_dict().items()
+    }
     state = {
         "step": run.step,
         "config": run.config.to_json(),

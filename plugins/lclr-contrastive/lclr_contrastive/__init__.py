@@ -1,0 +1,2 @@
+"""lclr-contrastive: the LatentCLR contrastive objective, as an lclr plugin
+(``lclr_contrastive.objective``)."""

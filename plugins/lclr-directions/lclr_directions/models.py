@@ -17,14 +17,15 @@ the same model every time.
 from __future__ import annotations
 
 import math
+import operator
 
-import attrs
 import torch
-from attrs import validators as v
 from lclr.errors import ConfigError
 from lclr.interfaces import DirectionModel
 from torch import nn
 from torch.nn import functional as F
+
+from lclr_directions.options import GlobalOptions, LinearOptions, NonlinearOptions
 
 __all__ = [
     "GlobalDirections",
@@ -36,74 +37,7 @@ __all__ = [
 ]
 
 
-def _positive(instance, attribute, value):
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
-
-
-# Options ----------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class GlobalOptions:
-    """Options of the ``global`` direction model."""
-
-    init_scale: float = attrs.field(default=1.0, validator=_positive)
-    """theta_k starts as init_scale * N(0, I) (the authors' release: N(0, I))."""
-
-    eps: float = attrs.field(default=1e-12, validator=_positive)
-    """Where |u| <= eps the edit is zero (no NaN, no gradient)."""
-
-
-@attrs.frozen(kw_only=True)
-class LinearOptions:
-    """Options of the ``linear`` direction model."""
-
-    bias: bool = False
-    """Add a bias b_k: u = M_k z + b_k. The paper has none (u = M_k z); the
-    authors' release always has one (its torch Linear keeps the default
-    bias), so set this to reproduce it."""
-
-    init_scale: float = attrs.field(default=1.0, validator=_positive)
-    """M_k (and b_k) start uniform in +-init_scale/sqrt(D), torch's Linear
-    default when 1 (as in the authors' release)."""
-
-    eps: float = attrs.field(default=1e-12, validator=_positive)
-    """Where |u| <= eps the edit is zero (no NaN, no gradient)."""
-
-
-@attrs.frozen(kw_only=True)
-class NonlinearOptions:
-    """Options of the ``nonlinear`` direction model."""
-
-    depth: int = attrs.field(default=3, validator=[v.instance_of(int), _positive])
-    """Number of linear layers in each direction's MLP (the authors' default
-    config: 3; their released demo models use 1)."""
-
-    hidden: int | None = attrs.field(
-        default=None, validator=v.optional([v.instance_of(int), _positive])
-    )
-    """Width of the hidden layers; None for D, the latent size (as the
-    authors)."""
-
-    bias: bool = True
-    """Biases on the hidden layers. The last layer has none, as in the
-    authors' release (with depth 1 the single layer has none)."""
-
-    batchnorm: bool = False
-    """Batch normalisation (per direction) before each ReLU, as the authors'
-    release does. Off by default: with it an edit depends on the rest of its
-    batch while training (call ``model.eval()`` before rendering)."""
-
-    init_scale: float = attrs.field(default=1.0, validator=_positive)
-    """Weights start uniform in +-init_scale/sqrt(fan_in), torch's Linear
-    default when 1 (as in the authors' release)."""
-
-    eps: float = attrs.field(default=1e-12, validator=_positive)
-    """Where |u| <= eps the edit is zero (no NaN, no gradient)."""
-
-
-# The shared machinery ----------------------------------------------------------
+# The shared machinery -------------------------------------------------
 
 
 class _UnitEdits(DirectionModel):
@@ -167,6 +101,7 @@ class _UnitEdits(DirectionModel):
         ``alpha`` is a float or a ``(N,)`` tensor; negative moves back.
         """
         self._check_codes(codes)
+        k = operator.index(k)
         if not 0 <= k < self.k:
             raise ValueError(f"direction {k} out of range; this model has K={self.k}")
         n = codes.shape[0]
@@ -205,7 +140,7 @@ def _uniform(shape: tuple[int, ...], bound: float) -> torch.Tensor:
     return (torch.rand(shape) * 2 - 1) * bound
 
 
-# The models ----------------------------------------------------------------------
+# The models -----------------------------------------------------------
 
 
 class GlobalDirections(_UnitEdits):
@@ -240,7 +175,10 @@ class LinearDirections(_UnitEdits):
         bound = options.init_scale / math.sqrt(latent_dim)
         d = latent_dim
         self.weight = nn.Parameter(_uniform((k, d, d), bound))
-        self.bias = nn.Parameter(_uniform((k, d), bound)) if options.bias else None
+        if options.bias:
+            self.bias = nn.Parameter(_uniform((k, d), bound))
+        else:
+            self.register_parameter("bias", None)
 
     def _raw(self, codes: torch.Tensor, index: slice) -> torch.Tensor:
         z = codes.to(self.weight.dtype)

@@ -5,28 +5,27 @@ from __future__ import annotations
 
 from lclr.hookspecs import hookimpl
 
-from lclr_directions.models import (
-    GlobalDirections,
-    GlobalOptions,
-    LinearDirections,
-    LinearOptions,
-    NonlinearDirections,
-    NonlinearOptions,
-)
+from lclr_directions.options import GlobalOptions, LinearOptions, NonlinearOptions
 
 
 def create_global(k, latent_dim, options=None):
     """Factory for ``global``: K free directions theta_k."""
+    from lclr_directions.models import GlobalDirections
+
     return GlobalDirections(k, latent_dim, options)
 
 
 def create_linear(k, latent_dim, options=None):
     """Factory for ``linear``: K matrices M_k, delta z along M_k z."""
+    from lclr_directions.models import LinearDirections
+
     return LinearDirections(k, latent_dim, options)
 
 
 def create_nonlinear(k, latent_dim, options=None):
     """Factory for ``nonlinear``: K small MLPs, delta z along NN_k(z)."""
+    from lclr_directions.models import NonlinearDirections
+
     return NonlinearDirections(k, latent_dim, options)
 
 

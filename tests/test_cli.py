@@ -1,0 +1,166 @@
+"""The command line, end to end through click's runner on the toy generator."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from lclr.cli import cli
+
+pytestmark = pytest.mark.usefixtures("fresh_registry")
+
+TINY = [
+    "--generator", "toy", "--layer", "conv1", "--direction", "linear",
+    "-k", "3", "--batch-size", "4", "--alpha", "1.0", "--checkpoint-every", "4",
+]  # fmt: skip
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["-q", *map(str, args)])
+
+
+def test_run_resume_render(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", *TINY, "--iterations", "6", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"run folder:  {out}" in result.output
+    for name in ("config.json", "state.pt", "directions.safetensors",
+                 "directions.json", "metrics.jsonl", "images/grid.png"):  # fmt: skip
+        assert (out / name).exists(), name
+    assert len(list((out / "images").glob("direction_*.gif"))) == 3
+
+    result = invoke("run", "--resume", out, "--iterations", "10", "--no-render")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "directions.json").read_text())["step"] == 10
+
+    result = invoke("render", out, "--samples", "2", "--steps", "5", "--no-gif")
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    grid = Image.open(out / "images" / "grid.png")
+    assert grid.height == 3 * 96  # a row per direction, 8 px cells shown at 96 px
+
+
+def test_resumed_cli_run_equals_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    assert invoke("run", *TINY, "--iterations", "8", "--out", tmp_path / "a",
+                  "--no-render").exit_code == 0  # fmt: skip
+    assert invoke("run", *TINY, "--iterations", "3", "--out", tmp_path / "b",
+                  "--no-render").exit_code == 0  # fmt: skip
+    assert invoke("run", "--resume", tmp_path / "b", "--iterations", "8",
+                  "--no-render").exit_code == 0  # fmt: skip
+    a = load_file(tmp_path / "a" / "directions.safetensors")
+    b = load_file(tmp_path / "b" / "directions.safetensors")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_config_file_and_options(tmp_path):
+    (tmp_path / "c.toml").write_text(
+        'generator = "toy"\nlayer = "conv2"\nk = 2\nbatch_size = 3\n'
+        "iterations = 2\n[generator_options]\nwidth = 4\n"
+    )
+    out = tmp_path / "run"
+    result = invoke("run", "--config", tmp_path / "c.toml", "-k", "4",
+                    "-D", "hidden=16", "--direction", "nonlinear",
+                    "--out", out, "--no-render")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["k"] == 4 and saved["layer"] == "conv2"
+    assert saved["generator_options"] == {"width": 4}
+
+
+def test_plugins_lists_distributions_and_components():
+    result = invoke("plugins")
+    assert result.exit_code == 0
+    assert "lclr-toy 0.0.1" in result.output
+    assert "lclr-directions" in result.output and "nonlinear" in result.output
+
+
+def test_layers_lists_shapes():
+    result = invoke("layers", "--generator", "toy")
+    assert result.exit_code == 0
+    assert "conv2        8x8x8" in result.output
+
+
+ERRORS = [
+    (["run", "--generator", "nope"], "unknown generator 'nope'; installed:"),
+    (["run", *TINY, "--direction", "curvy"], "unknown direction model 'curvy'"),
+    (["run", *TINY, "--objective", "mse"], "unknown objective 'mse'"),
+    (["run", *TINY, "--layer", "conv9"], "unknown layer 'conv9'; toy has: fc, conv1"),
+    (["run", *TINY, "-k", "1"], "K (-k) must be at least 2"),
+    (["run", *TINY, "--batch-size", "1"], "batch size N must be at least 2"),
+    (["run", *TINY, "--alpha", "0"], "alpha must be greater than 0"),
+    (["run", *TINY, "--alpha", "-1"], "alpha must be greater than 0"),
+    (["run", *TINY, "--edit-layers", "7"], "--edit-layers 7 is out of range"),
+    (["run", *TINY, "--edit-layers", "a-b"], "must look like 0-3,6"),
+    (["run", *TINY, "-G", "colour=red"], "has no option colour"),
+    (["run", *TINY, "-G", "novalue"], "must look like KEY=VALUE"),
+    (["run", *TINY, "--device", "gpu7"], "unknown device 'gpu7'"),
+    (["layers", "--generator", "nope"], "unknown generator 'nope'"),
+    (["render", "/no/such/run"], "does not exist"),
+    (["eval", "/no/such/run", "--evaluator", "nope"], "unknown evaluator 'nope'"),
+]
+
+
+@pytest.mark.parametrize("args, message", ERRORS)
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+    result = (
+        invoke(*args, "--out", tmp_path / "x") if args[0] == "run" else invoke(*args)
+    )
+    assert result.exit_code >= 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_bad_weights_files_are_one_line(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
+    for path, needle in [(text, "is not a toy checkpoint"), (wrong, "that fits")]:
+        result = invoke("run", *TINY, "--weights", path, "--out", tmp_path / "o")
+        assert result.exit_code == 4, result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert needle in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_errors_leave_an_existing_run_untouched(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("run", *TINY, "--iterations", "2", "--out", out,
+                  "--no-render").exit_code == 0  # fmt: skip
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for args in (
+        ["run", *TINY, "--out", out],
+        ["run", "--resume", out, "-k", "5"],
+        ["run", "--resume", out, "--iterations", "0"],
+    ):
+        result = invoke(*args)
+        assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    result = invoke("run", "--resume", tmp_path)
+    assert result.exit_code == 5
+    assert "not an lclr run folder" in result.output
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom lclr.cli import cli\n"
+        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "plugins" in result.stdout
