@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from lclr.errors import CheckpointError, ConfigError, UnknownComponentError, choices
 from lclr.interfaces import Generator
 
@@ -178,7 +177,9 @@ class StyleGAN2Generator(Generator):
             else:
                 generator.manual_seed(seed)
         device = self.latent_avg.device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device)
+        z = torch.randn(
+            n, self.latent_dim, generator=generator, device=generator.device
+        )
         z = z.to(device)
         if self.space == "z":
             return z

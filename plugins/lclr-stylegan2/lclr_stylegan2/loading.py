@@ -21,7 +21,6 @@ from typing import Any
 
 import attrs
 import torch
-
 from lclr.errors import CheckpointError
 
 from .model import StyleGAN2, standard_channels
@@ -87,7 +86,7 @@ def infer_architecture(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "c_dim": int(sd["embed.weight"].shape[1]) if "embed.weight" in sd else 0,
     }
     blur = sd.get("convs.0.conv.blur.kernel")
-    if blur is not None and blur.ndim == 2:
+    if blur is not None and blur.ndim == 2 and not blur.is_meta:
         arch["blur_kernel"] = [float(t) for t in blur.sum(dim=1)]
     return arch
 

@@ -408,9 +408,7 @@ class StyleGAN2(nn.Module):
         z = torch.randn(n, self.style_dim, generator=generator, device=gdev)
         if self.c_dim > 0:
             if c is None:
-                idx = torch.randint(
-                    self.c_dim, (n,), generator=generator, device=gdev
-                )
+                idx = torch.randint(self.c_dim, (n,), generator=generator, device=gdev)
                 c = F.one_hot(idx, self.c_dim).float()
             c = c.to(device).float().reshape(-1, self.c_dim).expand(n, -1)
         return self.mapping(z.to(device), c).mean(dim=0)

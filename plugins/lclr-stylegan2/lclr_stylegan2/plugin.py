@@ -1,1 +1,136 @@
-"""lclr plugin hooks."""
+"""lclr plugin hooks: registers the ``stylegan2`` generator.
+
+Importing this module must stay cheap (``lclr --help`` loads it), so torch
+and the network are imported inside the factory only.
+"""
+
+from __future__ import annotations
+
+import attrs
+from lclr.errors import ConfigError
+from lclr.hookspecs import hookimpl
+
+
+def _in(*allowed):
+    """Validator: the value is one of ``allowed``."""
+
+    def check(inst, attribute, value):
+        if value not in allowed:
+            raise ConfigError(
+                f"{attribute.name} must be one of {', '.join(map(repr, allowed))}"
+                f", got {value!r}"
+            )
+
+    return check
+
+
+def _psi(inst, attribute, value):
+    """Validator: truncation psi in (0, 1]."""
+    if not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ConfigError(f"truncation must be in (0, 1], got {value!r}")
+
+
+def _positive_or_none(inst, attribute, value):
+    """Validator: a positive int, or None to infer it from the weights."""
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+def _c_dim(inst, attribute, value):
+    """Validator: number of classes, 0 for unconditional, or None."""
+    if value is not None and (not isinstance(value, int) or value < 0):
+        raise ConfigError(f"c_dim must be an integer >= 0, got {value!r}")
+
+
+def _size(inst, attribute, value):
+    """Validator: a power of two >= 8, or None."""
+    if value is not None and (
+        not isinstance(value, int) or value < 8 or value & (value - 1)
+    ):
+        raise ConfigError(f"size must be a power of two >= 8, got {value!r}")
+
+
+def _label(inst, attribute, value):
+    """Validator: a class index, a class name, or None."""
+    if value is not None and not isinstance(value, (int, str)):
+        raise ConfigError(f"class_label must be an index or a name, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class StyleGAN2Options:
+    """Options of the ``stylegan2`` generator.
+
+    The architecture fields are normally inferred from the weights; state
+    them only for a checkpoint that cannot be inferred or to check one.
+    """
+
+    space: str = attrs.field(
+        default="w", validator=_in("w", "z"), metadata={"help": "edit in W or Z"}
+    )
+    truncation: float = attrs.field(
+        default=1.0,
+        converter=float,
+        validator=_psi,
+        metadata={"help": "psi: pull sampled w towards the average w"},
+    )
+    class_label: int | str | None = attrs.field(
+        default=None,
+        validator=_label,
+        metadata={"help": "class index or name; unset: random per sample"},
+    )
+    noise_seed: int = attrs.field(
+        default=0,
+        converter=int,
+        metadata={"help": "seed of the fixed noise when the weights have none"},
+    )
+    size: int | None = attrs.field(
+        default=None, validator=_size, metadata={"help": "output resolution"}
+    )
+    style_dim: int | None = attrs.field(
+        default=None, validator=_positive_or_none, metadata={"help": "D"}
+    )
+    n_mlp: int | None = attrs.field(
+        default=None,
+        validator=_positive_or_none,
+        metadata={"help": "mapping layers"},
+    )
+    channel_multiplier: int | None = attrs.field(
+        default=None,
+        validator=_positive_or_none,
+        metadata={"help": "2 for config-f"},
+    )
+    c_dim: int | None = attrs.field(
+        default=None, validator=_c_dim, metadata={"help": "number of classes"}
+    )
+
+    def arch(self) -> dict:
+        """The stated architecture fields (those not None)."""
+        names = ("size", "style_dim", "n_mlp", "channel_multiplier", "c_dim")
+        values = {n: getattr(self, n) for n in names}
+        return {n: v for n, v in values.items() if v is not None}
+
+
+def create_stylegan2(weights=None, options=None):
+    """Factory: a frozen StyleGAN2 generator; ``weights=None`` is embedded."""
+    from .generator import load_generator
+
+    opts = options if options is not None else StyleGAN2Options()
+    return load_generator(
+        weights,
+        space=opts.space,
+        truncation=opts.truncation,
+        class_label=opts.class_label,
+        noise_seed=opts.noise_seed,
+        arch=opts.arch(),
+    )
+
+
+@hookimpl
+def lclr_register_generators(register):
+    """Register ``stylegan2``."""
+    register(
+        "stylegan2",
+        create_stylegan2,
+        options=StyleGAN2Options,
+        summary="StyleGAN2 (W/W+/Z), plain PyTorch; default: shapes 32px",
+    )

@@ -1,0 +1,399 @@
+"""Tests of the StyleGAN2 plugin on tiny random networks (32-64 px)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lclr.errors import CheckpointError, ConfigError, UnknownComponentError
+from lclr_stylegan2 import loading
+from lclr_stylegan2.generator import StyleGAN2Generator, load_generator
+from lclr_stylegan2.loading import (
+    build,
+    infer_architecture,
+    load_checkpoint,
+    save_checkpoint,
+)
+from lclr_stylegan2.model import StyleGAN2
+from lclr_stylegan2.plugin import StyleGAN2Options, create_stylegan2
+
+TINY = {4: 32, 8: 32, 16: 16, 32: 8}
+
+
+def tiny(c_dim=0, size=32, seed=0):
+    """A small random StyleGAN2 whose noise and biases all matter."""
+    torch.manual_seed(seed)
+    channels = {**TINY, 64: 8}
+    model = StyleGAN2(size, style_dim=16, n_mlp=2, channels=channels, c_dim=c_dim)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("noise.weight", "activate.bias", "rgb1.bias")):
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture
+def model():
+    return tiny()
+
+
+@pytest.fixture
+def gen(model):
+    return StyleGAN2Generator(model, model.mean_latent(64))
+
+
+@pytest.fixture
+def ckpt(tmp_path, model):
+    return save_checkpoint(tmp_path / "g.pt", model, model.mean_latent(64))
+
+
+# The network -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conv", ["convs.0.conv", "convs.1.conv", "to_rgbs.1.conv"])
+def test_activation_scaling_equals_grouped_weights(model, conv):
+    mod = model.get_submodule(conv)
+    x = torch.randn(3, mod.in_channel, 8, 8)
+    w = torch.randn(3, 16)
+    fast, ref = mod(x, w), mod.forward_grouped(x, w)
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_layout(model):
+    sd = model.state_dict()
+    assert sd["style.1.weight"].shape == (16, 16)
+    assert sd["conv1.conv.weight"].shape == (1, 32, 32, 3, 3)
+    assert sd["convs.0.conv.blur.kernel"].shape == (4, 4)
+    assert sd["to_rgbs.0.upsample.kernel"].shape == (4, 4)
+    assert sd["to_rgbs.2.bias"].shape == (1, 3, 1, 1)
+    assert sd["noises.noise_6"].shape == (1, 1, 32, 32)
+    assert model.n_latent == 8 and "embed.weight" not in sd
+
+
+def test_conditional_mapping():
+    model = tiny(c_dim=4)
+    sd = model.state_dict()
+    assert sd["embed.weight"].shape == (16, 4)
+    assert sd["style.1.weight"].shape == (16, 32)
+    z = torch.randn(4, 16)
+    c = F.one_hot(torch.arange(4), 4).float()
+
+    def norm(x):
+        return x / x.pow(2).mean(1, keepdim=True).add(1e-8).sqrt()
+
+    x = torch.cat([norm(z), norm(model.embed(c))], dim=1)
+    torch.testing.assert_close(model.mapping(z, c), model.style[1:](x))
+    w = model.mapping(z[:1].expand(4, -1), c)
+    assert (w[0] - w[1]).abs().max() > 1e-3  # the class changes w
+    with pytest.raises(ValueError):
+        model.mapping(z)
+    assert model(z, c).shape == (4, 3, 32, 32)
+
+
+def test_truncation_zero_gives_latent_avg(model):
+    avg = model.mean_latent(64)
+    z = torch.randn(2, 16)
+    img = model(z, truncation=0.0, truncation_latent=avg)
+    torch.testing.assert_close(img, model.synthesis(avg.expand(2, -1)))
+
+
+def test_noise_modes(model):
+    w = torch.randn(2, 16)
+    const = model.synthesis(w)
+    torch.testing.assert_close(const, model.synthesis(w, noise_mode="const"))
+    assert not torch.allclose(const, model.synthesis(w, noise_mode="none"))
+    r1, r2 = (model.synthesis(w, noise_mode="random") for _ in range(2))
+    assert not torch.allclose(r1, r2)
+
+
+# The lclr generator ----------------------------------------------------------
+
+
+def test_layers_and_shapes(gen):
+    assert gen.layers() == ["conv1"] + [f"convs.{i}" for i in range(6)]
+    assert gen.num_codes == 8 and gen.latent_dim == 16 and gen.space == "w"
+    codes = gen.sample_latent(2, seed=0)
+    for layer in gen.layers():
+        assert gen.features(codes, layer).shape[1:] == gen.layer_shape(layer)
+    assert gen.code_layers()[1] == "to_rgb1+convs.0"
+    assert gen.code_layers()[-1] == "to_rgbs.2"
+    with pytest.raises(UnknownComponentError, match="conv1, convs.0"):
+        gen.features(codes, "conv9")
+
+
+def test_truncated_forward_equals_hooked_full_forward(gen):
+    codes = gen.sample_latent(3, seed=1)
+    convs = [m for _, m in gen.model.styled_convs()]
+    rgbs = [gen.model.to_rgb1, *gen.model.to_rgbs]
+    captured = {}
+    handles = [
+        m.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o))
+        for k, m in enumerate(convs)
+    ]
+    gen.synthesize(codes)
+    for h in handles:
+        h.remove()
+    fired = []
+    for index, layer in enumerate(gen.layers()):
+        fired.clear()
+        later = convs[index + 1 :] + rgbs
+        handles = [m.register_forward_hook(lambda *a: fired.append(1)) for m in later]
+        out = gen.features(codes, layer)
+        for h in handles:
+            h.remove()
+        assert not fired, f"modules past {layer} ran"
+        torch.testing.assert_close(out, captured[index])
+
+
+def test_w_plus_single_code_equals_repeated(gen):
+    codes = gen.sample_latent(2, seed=2)
+    plus = codes[:, None].expand(-1, gen.num_codes, -1)
+    torch.testing.assert_close(gen.synthesize(codes), gen.synthesize(plus))
+    torch.testing.assert_close(
+        gen.features(codes, "convs.3"), gen.features(plus, "convs.3")
+    )
+    mixed = plus.clone()
+    mixed[:, 5:] = gen.sample_latent(2, seed=3)[:, None]
+    a, b = gen.features(plus, "convs.3"), gen.features(mixed, "convs.3")
+    torch.testing.assert_close(a, b)  # code 5 is read after convs.3
+    assert not torch.allclose(gen.synthesize(plus), gen.synthesize(mixed))
+
+
+def test_sampling_is_seeded_and_leaves_global_rng(model):
+    gen = StyleGAN2Generator(model, model.mean_latent(64), truncation=0.5)
+    state = torch.get_rng_state()
+    a = gen.sample_latent(4, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(a, gen.sample_latent(4, seed=7))
+    g = torch.Generator().manual_seed(7)
+    torch.testing.assert_close(a, gen.sample_latent(4, generator=g))
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(7))
+    w = model.mapping(z)
+    torch.testing.assert_close(a, gen.latent_avg + 0.5 * (w - gen.latent_avg))
+    assert not a.requires_grad
+
+
+def test_frozen_and_images_in_unit_range(gen):
+    assert not any(p.requires_grad for p in gen.parameters())
+    gen.train()
+    assert not gen.training and not gen.model.training
+    img = gen.synthesize(gen.sample_latent(2, seed=0))
+    assert img.shape == (2, 3, 32, 32) and img.min() >= 0 and img.max() <= 1
+
+
+def test_z_space_maps_inside_with_grad(model):
+    avg = model.mean_latent(64)
+    gen = StyleGAN2Generator(model, avg, space="z", truncation=0.7)
+    z = gen.sample_latent(2, seed=0).requires_grad_()
+    feats = gen.features(z, "convs.1")
+    feats.sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    w = avg + 0.7 * (model.mapping(z) - avg)
+    torch.testing.assert_close(feats, model.features(w, 2))
+
+
+def test_class_labels():
+    model = tiny(c_dim=3)
+    names = ["circle", "square", "triangle"]
+    gen = StyleGAN2Generator(model, class_label="square", class_names=names)
+    assert gen.class_index == 1
+    assert StyleGAN2Generator(model, class_label="2").class_index == 2
+    w = gen.sample_latent(2, seed=0)
+    z = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    c = F.one_hot(torch.tensor([1, 1]), 3).float()
+    torch.testing.assert_close(w, model.mapping(z, c))
+    rand = StyleGAN2Generator(model)  # a random class per sample
+    torch.testing.assert_close(rand.sample_latent(5, 1), rand.sample_latent(5, 1))
+    with pytest.raises(ConfigError, match="circle, square, triangle"):
+        StyleGAN2Generator(model, class_label="hexagon", class_names=names)
+    with pytest.raises(ConfigError, match="class_label"):
+        StyleGAN2Generator(model, space="z")
+    with pytest.raises(ConfigError, match="unconditional; drop class_label"):
+        StyleGAN2Generator(tiny(), class_label=0)
+
+
+# Checkpoints -----------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny(c_dim=3)
+    avg = model.mean_latent(64)
+    path = save_checkpoint(
+        tmp_path / "sub" / "g.pt", model, avg, {"class_names": ["a", "b", "c"]}
+    )
+    assert [p.name for p in path.parent.iterdir()] == ["g.pt"]  # no temp left
+    loaded = load_checkpoint(path)
+    sd = loaded.model.state_dict()
+    assert sd.keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(sd[k], v), k
+    torch.testing.assert_close(loaded.latent_avg, avg)
+    assert loaded.meta["class_names"] == ["a", "b", "c"]
+    gen = load_generator(path, class_label="b")
+    assert gen.class_names == ["a", "b", "c"] and gen.class_index == 1
+
+
+def test_bare_state_dict_and_training_checkpoint(tmp_path, model):
+    sd = model.state_dict()
+    torch.save(sd, tmp_path / "bare.pt")
+    assert load_checkpoint(tmp_path / "bare.pt").latent_avg is None
+    args = argparse.Namespace(size=32, channel_multiplier=2)
+    torch.save({"g": sd, "g_ema": sd, "args": args}, tmp_path / "train.pt")
+    loaded = load_checkpoint(tmp_path / "train.pt")
+    assert torch.equal(loaded.model.input.input, model.input.input)
+    gen = load_generator(tmp_path / "bare.pt")  # mean latent from seed 0
+    again = load_generator(tmp_path / "bare.pt")
+    torch.testing.assert_close(gen.latent_avg, again.latent_avg)
+
+
+def test_missing_noise_drawn_from_seed(tmp_path, model):
+    sd = {k: v for k, v in model.state_dict().items() if "noises" not in k}
+    torch.save({"g_ema": sd}, tmp_path / "g.pt")
+    a = load_checkpoint(tmp_path / "g.pt", noise_seed=1).model.noises.noise_3
+    b = load_checkpoint(tmp_path / "g.pt", noise_seed=1).model.noises.noise_3
+    c = load_checkpoint(tmp_path / "g.pt", noise_seed=2).model.noises.noise_3
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(size=32, style_dim=16, n_mlp=2, channels=TINY),
+        dict(size=64, style_dim=24, n_mlp=3, channels={4: 16, 64: 4}, c_dim=5),
+        dict(size=256, channel_multiplier=2),
+        dict(size=512, channel_multiplier=1, c_dim=10),
+    ],
+)
+def test_infer_architecture(kwargs):
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = StyleGAN2(**kwargs)
+        arch = infer_architecture(model.state_dict())
+        rebuilt = build(arch)
+    assert arch["size"] == kwargs["size"]
+    assert arch["n_mlp"] == kwargs.get("n_mlp", 8)
+    assert arch["c_dim"] == kwargs.get("c_dim", 0)
+    assert arch["channels"] == model.channels
+    shapes = {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_standard_256_channels():
+    with torch.device("meta"):
+        sd = StyleGAN2(256).state_dict()
+    assert sd["convs.11.conv.weight"].shape == (1, 128, 128, 3, 3)
+    assert sd["to_rgbs.5.conv.weight"].shape == (1, 3, 128, 1, 1)
+    assert sd["style.8.weight"].shape == (512, 512) and len(sd) == 135
+
+
+class Evil:
+    """Unpickling this would create a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("how", ["torch", "pickle"])
+def test_refuses_pickled_code(tmp_path, how):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    payload = {"g_ema": {"input.input": Evil(marker)}}
+    if how == "torch":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_checkpoint_errors(tmp_path, model, ckpt):
+    cases = {
+        "does not exist": tmp_path / "nope.pt",
+        "not a file": tmp_path,
+        "not a PyTorch checkpoint": _write(tmp_path / "a.txt", b"hello\n"),
+    }
+    with zipfile.ZipFile(tmp_path / "junk.pt", "w") as z:
+        z.writestr("junk/data.pkl", os.urandom(64))
+    cases["not a PyTorch checkpoint"] = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(1), "step": 3}, tmp_path / "other.pt")
+    cases["no 'g_ema'"] = tmp_path / "other.pt"
+    torch.save([1, 2], tmp_path / "list.pt")
+    cases["holds a list"] = tmp_path / "list.pt"
+    sd = model.state_dict()
+    del sd["convs.3.activate.bias"]
+    torch.save({"g_ema": sd}, tmp_path / "missing.pt")
+    cases["missing keys convs.3.activate.bias"] = tmp_path / "missing.pt"
+    for needle, path in cases.items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        msg = str(info.value)
+        assert needle in msg and "\n" not in msg, msg
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_wrong_shapes(tmp_path, model, ckpt):
+    with pytest.raises(CheckpointError, match="shape mismatch input.input"):
+        load_checkpoint(ckpt, arch={"channel_multiplier": 2})
+    with pytest.raises(CheckpointError, match="unexpected keys embed"):
+        sd = dict(model.state_dict(), **{"embed.weight": torch.zeros(16, 2)})
+        torch.save(
+            {"g_ema": sd, "lclr_meta": {"arch": loading.architecture(model)}},
+            tmp_path / "x.pt",
+        )
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="latent_avg"):
+        torch.save(
+            {"g_ema": model.state_dict(), "latent_avg": torch.zeros(3)},
+            tmp_path / "y.pt",
+        )
+        load_checkpoint(tmp_path / "y.pt")
+
+
+def test_embedded_weights_missing(monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        "lclr_stylegan2.generator.EMBEDDED_WEIGHTS", tmp_path / "gone.pt"
+    )
+    with pytest.raises(CheckpointError, match="embedded.*--weights"):
+        create_stylegan2(None, None)
+
+
+# The plugin ------------------------------------------------------------------
+
+
+def test_options_and_factory(ckpt):
+    assert StyleGAN2Options().space == "w"
+    for bad in (
+        dict(truncation=0),
+        dict(truncation=1.5),
+        dict(space="x"),
+        dict(size=48),
+    ):
+        with pytest.raises(ConfigError):
+            StyleGAN2Options(**bad)
+    opts = StyleGAN2Options(space="z", truncation=0.5)
+    gen = create_stylegan2(ckpt, opts)
+    assert gen.space == "z" and gen.truncation == 0.5
+    assert gen.describe()["resolution"] == 32
+
+
+def test_plugin_import_is_light():
+    code = "import sys, lclr_stylegan2.plugin; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
