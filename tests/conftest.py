@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lclr.registry import reset_registry
 
 torch.set_num_threads(1)

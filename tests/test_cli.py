@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+
 from lclr.cli import cli
 
 pytestmark = pytest.mark.usefixtures("fresh_registry")

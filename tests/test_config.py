@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from lclr.config import RunConfig
 from lclr.errors import ConfigError
 

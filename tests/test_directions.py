@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lclr.errors import ConfigError
 from lclr.interfaces import DirectionModel
 from lclr_directions import plugin as directions_plugin

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lclr.errors import ConfigError, LclrError
 from lclr_contrastive import plugin as contrastive_plugin
 from lclr_contrastive.objective import (

@@ -3,8 +3,9 @@
 import importlib.metadata
 
 import attrs
-import lclr
 import pytest
+
+import lclr
 from lclr import hookimpl
 from lclr.errors import ConfigError, PluginError, UnknownComponentError
 from lclr.registry import get_registry

@@ -12,6 +12,7 @@ import zipfile
 import pytest
 import torch
 import torch.nn.functional as F
+
 from lclr.errors import CheckpointError, ConfigError, UnknownComponentError
 from lclr_stylegan2 import loading
 from lclr_stylegan2.generator import StyleGAN2Generator, load_generator

@@ -7,6 +7,7 @@ import signal
 import pytest
 import torch
 from conftest import tiny_config
+
 from lclr import hookimpl, runfolder
 from lclr.errors import RunFolderError
 from lclr.registry import get_registry

@@ -25,10 +25,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-from lclr.errors import ConfigError
-from lclr.interfaces import Objective
 from torch import nn
 
+from lclr.errors import ConfigError
+from lclr.interfaces import Objective
 from lclr_contrastive.options import VARIANTS, LatentCLROptions
 
 __all__ = [

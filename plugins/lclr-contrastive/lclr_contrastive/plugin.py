@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from lclr.hookspecs import hookimpl
-
 from lclr_contrastive.options import LatentCLROptions
 
 

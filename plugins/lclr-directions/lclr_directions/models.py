@@ -20,11 +20,11 @@ import math
 import operator
 
 import torch
-from lclr.errors import ConfigError
-from lclr.interfaces import DirectionModel
 from torch import nn
 from torch.nn import functional as F
 
+from lclr.errors import ConfigError
+from lclr.interfaces import DirectionModel
 from lclr_directions.options import GlobalOptions, LinearOptions, NonlinearOptions
 
 __all__ = [

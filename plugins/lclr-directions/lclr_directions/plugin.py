@@ -4,7 +4,6 @@ direction models."""
 from __future__ import annotations
 
 from lclr.hookspecs import hookimpl
-
 from lclr_directions.options import GlobalOptions, LinearOptions, NonlinearOptions
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from lclr.errors import CheckpointError, ConfigError, UnknownComponentError, choices
 from lclr.interfaces import Generator
 

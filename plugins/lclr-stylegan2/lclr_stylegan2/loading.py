@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 import torch
+
 from lclr.errors import CheckpointError
 
 from .model import StyleGAN2, standard_channels

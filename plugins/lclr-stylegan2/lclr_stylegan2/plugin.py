@@ -7,6 +7,7 @@ and the network are imported inside the factory only.
 from __future__ import annotations
 
 import attrs
+
 from lclr.errors import ConfigError
 from lclr.hookspecs import hookimpl
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from lclr.errors import CheckpointError
 from lclr.interfaces import Generator
-from torch import nn
 
 
 class ToyGenerator(Generator):

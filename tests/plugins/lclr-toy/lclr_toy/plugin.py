@@ -1,6 +1,7 @@
 """The toy plugin's hooks. No torch import here: ``lclr --help`` stays fast."""
 
 import attrs
+
 from lclr import hookimpl
 
 
