@@ -191,11 +191,12 @@ def load_predictor(
         meta = blob["meta"]
         model = FactorPredictor(width=int(meta["width"]))
         model.load_state_dict(blob["state"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - any failure is the file's fault
+        lines = str(err).strip().splitlines() or [type(err).__name__]
         raise CheckpointError(
-            f"{path} is not a shapes predictor checkpoint ({err}); "
+            f"{path} is not a shapes predictor checkpoint ({lines[0][:120]}); "
             "pass the predictor.pt written by 'lclr shapes train-predictor'"
-        ) from err
+        ) from None
     return model.to(device).eval()
 
 
@@ -333,7 +334,7 @@ def train_and_save(
     figures = evaluate_predictor(model, n=eval_n)
     recipe = {
         "command": (
-            f"python -m lclr_shapes.predictor train --out {Path(out).name} "
+            f"python -m lclr_shapes.predictor train --out {out} "
             f"--steps {steps} --batch-size {batch_size} --seed {seed} "
             f"--threads {threads}"
         ),
@@ -342,7 +343,7 @@ def train_and_save(
         "seed": seed,
         "threads": threads,
         "minutes": round(minutes, 1),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     report = {"held_out": figures, "recipe": recipe}
     save_predictor(model, out, {"recipe": recipe, "held_out": figures})

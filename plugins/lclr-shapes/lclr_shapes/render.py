@@ -117,16 +117,21 @@ def sample_factors(n: int, generator: torch.Generator) -> dict[str, Tensor]:
 # keeps the zero set exact and the distance exact near most of the edge.
 
 
+def _root(sq: Tensor) -> Tensor:
+    # square root with a finite gradient at 0 (the renderer is differentiated)
+    return torch.sqrt(sq.clamp(min=1e-12))
+
+
 def _box(u: Tensor, v: Tensor, cu: float, cv: float, hu: float, hv: float) -> Tensor:
     du = (u - cu).abs() - hu
     dv = (v - cv).abs() - hv
-    outside = torch.sqrt(du.clamp(min=0) ** 2 + dv.clamp(min=0) ** 2)
+    outside = _root(du.clamp(min=0) ** 2 + dv.clamp(min=0) ** 2)
     inside = torch.maximum(du, dv).clamp(max=0)
     return outside + inside
 
 
 def _disc(u: Tensor, v: Tensor, cu: float, cv: float, r: float) -> Tensor:
-    return torch.sqrt((u - cu) ** 2 + (v - cv) ** 2) - r
+    return _root((u - cu) ** 2 + (v - cv) ** 2) - r
 
 
 def _half_plane(u: Tensor, v: Tensor, nu: float, nv: float, c: float) -> Tensor:
@@ -159,9 +164,7 @@ def _ell(u: Tensor, v: Tensor) -> Tensor:
 def _heart(u: Tensor, v: Tensor) -> Tensor:
     # two lobes on top (-v), a point at the bottom (+v); the point's sides
     # are tangent to the lobes
-    lobes = torch.minimum(
-        _disc(u, v, -0.4, -0.3, 0.48), _disc(u, v, 0.4, -0.3, 0.48)
-    )
+    lobes = torch.minimum(_disc(u, v, -0.4, -0.3, 0.48), _disc(u, v, 0.4, -0.3, 0.48))
     d = 0.5 * math.sqrt(2.0)
     point = torch.maximum(
         _half_plane(u, v, d, d, 0.551),

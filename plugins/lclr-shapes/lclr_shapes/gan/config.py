@@ -41,7 +41,7 @@ class GanConfig:
     )
     """Generator channels per resolution."""
     d_channels: dict[int, int] = attrs.field(
-        factory=lambda: {4: 128, 8: 128, 16: 128, 32: 64}, converter=_int_keys
+        factory=lambda: {4: 128, 8: 128, 16: 96, 32: 48}, converter=_int_keys
     )
     """Discriminator channels per resolution."""
     conditional: bool = True

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from lclr_stylegan2.model import StyleGAN2
 from torch import nn
 
 from lclr.errors import CheckpointError, RunFolderError
@@ -31,6 +30,7 @@ from lclr_shapes import render
 from lclr_shapes.gan.augment import augment
 from lclr_shapes.gan.config import GanConfig
 from lclr_shapes.gan.networks import Discriminator
+from lclr_stylegan2.model import StyleGAN2
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,7 @@ class Trainer:
         """Adam with the lazy-regularisation correction of its lr and betas."""
         c = interval / (interval + 1) if interval else 1.0
         lr = self.config.lr * c
-        return torch.optim.Adam(
-            net.parameters(), lr=lr, betas=(0.0, 0.99**c), eps=1e-8
-        )
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.0, 0.99**c), eps=1e-8)
 
     # Sampling ---------------------------------------------------------------
 
@@ -276,7 +274,9 @@ def load_checkpoint(folder: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a GAN training checkpoint: {exc}")
+        raise CheckpointError(
+            f"{path} is not a GAN training checkpoint: {exc}"
+        ) from None
     if not isinstance(state, dict) or "G_ema" not in state:
         raise CheckpointError(f"{path} is not a GAN training checkpoint")
     return state
@@ -289,9 +289,7 @@ def _done(trainer: Trainer) -> bool:
     return cfg.minutes is not None and trainer.elapsed >= cfg.minutes * 60
 
 
-def train(
-    config: GanConfig, out: str | Path, resume: bool = False
-) -> Trainer:
+def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
     """Train (or resume) a run in folder ``out`` until its minutes or steps.
 
     Writes ``config.json``, ``checkpoint.pt`` every ``checkpoint_minutes``
@@ -328,6 +326,7 @@ def train(
     last_ckpt = last_sample = trainer.elapsed
     window_t, window_steps = time.monotonic(), 0
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     with open(out / "metrics.jsonl", "a") as metrics_file:
         while not _done(trainer):
             metrics = trainer.train_step()
@@ -335,12 +334,13 @@ def train(
             window_steps += 1
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + 1
 
             # Log the window's averages.
             if trainer.step % config.log_every == 0 or _done(trainer):
                 now = time.monotonic()
-                record = {k: v / window_steps for k, v in sums.items()}
-                record["r1"] = metrics.get("r1", float("nan"))
+                record = {k: v / counts[k] for k, v in sums.items()}
+                record.setdefault("r1", float("nan"))
                 record.update(
                     step=trainer.step,
                     kimg=trainer.nimg / 1000,
@@ -365,7 +365,7 @@ def train(
                 if not all(math.isfinite(record[k]) for k in ("loss_d", "loss_g")):
                     trainer.save(out)
                     raise FloatingPointError(f"loss diverged at step {trainer.step}")
-                sums, window_t, window_steps = {}, now, 0
+                sums, counts, window_t, window_steps = {}, {}, now, 0
 
             # Sample grid and collapse check.
             if trainer.elapsed - last_sample >= config.sample_minutes * 60:

@@ -1,0 +1,52 @@
+"""Image grids of renders (``lclr shapes preview``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lclr_shapes.render import render, sample_factors
+
+__all__ = ["grid_image", "write_grid"]
+
+
+def grid_image(images: Tensor, cols: int, pad: int = 1):
+    """``(N, 3, H, W)`` images in ``[0, 1]`` as one PIL image, ``cols`` wide,
+    separated by ``pad`` white pixels."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    rows = -(-n // cols)
+    canvas = torch.ones(c, rows * (h + pad) + pad, cols * (w + pad) + pad)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        canvas[:, top : top + h, left : left + w] = images[i]
+    pixels = (canvas.permute(1, 2, 0) * 255).round().byte().numpy()  # (H, W, 3)
+    return Image.fromarray(pixels)
+
+
+def write_grid(
+    path: str | Path,
+    rows: int = 8,
+    cols: int = 8,
+    size: int = 32,
+    seed: int = 0,
+    zoom: int = 2,
+) -> Path:
+    """Render ``rows * cols`` random samples of ``seed`` into a PNG grid."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(seed)
+    images = render(sample_factors(rows * cols, gen), size)
+    image = grid_image(images, cols)
+    if zoom > 1:
+        image = image.resize(
+            (image.width * zoom, image.height * zoom), Image.Resampling.NEAREST
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path

@@ -1,0 +1,383 @@
+"""The quality bar a generator of the shapes world must pass.
+
+Measured with the factor predictor on ``n`` samples (1,000 by default):
+
+1. **Good samples**: at least 70 % of the samples are *good*: the predictor
+   gives its most probable shape a probability of at least 0.9, AND a clean
+   re-render from the factors read off the sample matches it: the relative
+   error ``|x - r| / |x - mean(x)|`` is at most :data:`ERROR_BOUND`, where
+   ``x`` is the sample, ``r`` the re-render, ``mean(x)`` the sample's mean
+   colour and the norms run over all pixels and channels. The factors are
+   the predictor's, refined by a few gradient steps of the renderer so that
+   ``r`` is the best clean render near them (the renderer is differentiable
+   in every continuous factor; the shape stays the predicted one).
+   Confidence alone is no evidence: the predictor is confident on pure
+   noise too; the re-render check is what rejects noise and blends.
+2. **Classes**: every shape class is the predicted one for between
+   ``0.6 / C`` and ``1.4 / C`` of all samples (C classes), so a generator
+   that draws one shape well fails.
+3. **Coverage**: among the good samples, the predicted value of every
+   continuous factor falls in each tenth of its range at least once.
+4. **Fréchet distance** between the predictor's 128-d features of the
+   samples and of ``n`` real renders, shown beside the same distance for a
+   second batch of real renders (the floor) and for Gaussian noise. It
+   passes when it is below the geometric mean of the floor and the noise
+   figure, i.e. closer to real than to noise on a log scale.
+
+Overall, the generator passes when all four pass. :func:`measure_quality`
+returns everything as a JSON-able dict; ``lclr shapes quality`` prints it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lclr_shapes.render import FACTORS, SHAPES, render, sample_factors
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ERROR_BOUND",
+    "frechet_distance",
+    "measure_quality",
+    "quality_of_source",
+    "rerender_error",
+    "sample_source",
+]
+
+ERROR_BOUND = 0.35
+"""Largest relative re-render error of a good sample."""
+CONFIDENCE = 0.9
+"""Smallest class probability of a good sample."""
+GOOD_SHARE = 0.7
+"""Smallest share of good samples that passes."""
+REFINE_STEPS = 40
+"""Gradient steps that refine the predicted factors before re-rendering."""
+
+SOURCES = ("stylegan2", "real", "noise", "blend")
+
+_CONTINUOUS = [s for s in FACTORS if s.kind != "categorical"]
+
+
+# Re-rendering ----------------------------------------------------------------
+
+
+def _clean(factors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Factors moved into their ranges (linear clamped, circular wrapped)."""
+    out = {"shape": factors["shape"]}
+    for spec in _CONTINUOUS:
+        v = factors[spec.name]
+        if spec.kind == "linear":
+            out[spec.name] = v.clamp(spec.low, spec.high)
+        else:
+            out[spec.name] = spec.low + torch.remainder(v - spec.low, spec.span)
+    return out
+
+
+def _relative_error(images: Tensor, rerender: Tensor) -> Tensor:
+    """``(N,)`` values of ``|x - r| / |x - mean(x)|``."""
+    centred = images - images.mean(dim=(2, 3), keepdim=True)
+    num = (images - rerender).flatten(1).norm(dim=1)
+    den = centred.flatten(1).norm(dim=1).clamp(min=1e-6)
+    return num / den
+
+
+def refine_factors(
+    images: Tensor, factors: dict[str, Tensor], steps: int = REFINE_STEPS
+) -> dict[str, Tensor]:
+    """Adjust the continuous factors so their render fits ``images`` better.
+
+    Adam on the squared pixel error, the shape class fixed; returns factors
+    in their ranges. ``steps=0`` only cleans them.
+    """
+    factors = _clean(factors)
+    if steps <= 0:
+        return factors
+    size = images.shape[-1]
+    params = {
+        s.name: factors[s.name].detach().clone().requires_grad_(True)
+        for s in _CONTINUOUS
+    }
+    # step sizes in each factor's own units: about a pixel, a few degrees
+    lrs = {s.name: 0.02 * s.span for s in _CONTINUOUS}
+    opt = torch.optim.Adam(
+        [{"params": [params[k]], "lr": lrs[k]} for k in params], betas=(0.5, 0.9)
+    )
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    with torch.enable_grad():
+        for _ in range(steps):
+            current = _clean({"shape": factors["shape"], **params})
+            loss = (render(current, size) - images).square().sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            decay.step()
+    with torch.no_grad():
+        return _clean({"shape": factors["shape"], **params})
+
+
+def rerender_error(
+    images: Tensor,
+    predicted: dict[str, Tensor],
+    refine_steps: int = REFINE_STEPS,
+    batch_size: int = 250,
+) -> Tensor:
+    """``(N,)`` relative errors of clean re-renders from ``predicted``."""
+    errors = []
+    for start in range(0, images.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        x = images[part].float()
+        f = {k: predicted[k][part] for k in ["shape"] + [s.name for s in _CONTINUOUS]}
+        f = refine_factors(x, f, refine_steps)
+        with torch.no_grad():
+            errors.append(_relative_error(x, render(f, x.shape[-1])))
+    return torch.cat(errors)
+
+
+# Fréchet distance ------------------------------------------------------------
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to ``(N, F)`` features.
+
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)``, in
+    float64, with the square roots from symmetric eigen-decompositions.
+    """
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)  # (F, F)
+    vals, vecs = torch.linalg.eigh(cov_a)
+    root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    middle = root_a @ cov_b @ root_a
+    middle = 0.5 * (middle + middle.T)
+    tr_root = torch.linalg.eigvalsh(middle).clamp(min=0).sqrt().sum()
+    d = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * tr_root
+    return float(d.clamp(min=0))
+
+
+# Sources of samples ----------------------------------------------------------
+
+
+def _noise(n: int, size: int, gen: torch.Generator) -> Tensor:
+    x = 0.5 + 0.25 * torch.randn(n, 3, size, size, generator=gen)
+    return x.clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def _stylegan2_samples(
+    weights: str | None, n: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor | None]:
+    """Samples of a StyleGAN2 checkpoint (untruncated, constant noise) and,
+    for a class-conditional one, the shape index asked of each sample."""
+    from lclr_stylegan2.loading import EMBEDDED_WEIGHTS, load_checkpoint
+
+    loaded = load_checkpoint(weights if weights is not None else EMBEDDED_WEIGHTS)
+    model = loaded.model.eval()
+    c_dim = model.c_dim
+    if c_dim and c_dim != len(SHAPES):
+        from lclr.errors import CheckpointError
+
+        raise CheckpointError(
+            f"the generator has {c_dim} classes but the shapes world has "
+            f"{len(SHAPES)}; pass a generator trained on the shapes world"
+        )
+    images, classes = [], []
+    for start in range(0, n, 100):
+        m = min(100, n - start)
+        z = torch.randn(m, model.style_dim, generator=gen)
+        c = None
+        if c_dim:
+            idx = torch.randint(c_dim, (m,), generator=gen)
+            classes.append(idx)
+            c = torch.nn.functional.one_hot(idx, c_dim).float()
+        w = model.mapping(z, c)
+        img = model.synthesis(w, noise_mode="const")  # (m, 3, H, W) in [-1, 1]
+        images.append(((img + 1.0) / 2.0).clamp(0.0, 1.0))
+    asked = torch.cat(classes) if classes else None
+    names = loaded.meta.get("class_names")
+    if asked is not None and names and list(names) != list(SHAPES):
+        lookup = {name: i for i, name in enumerate(SHAPES)}
+        if all(name in lookup for name in names):
+            asked = torch.tensor([lookup[names[i]] for i in asked.tolist()])
+        else:
+            asked = None
+    return torch.cat(images), asked
+
+
+def sample_source(
+    source: str, n: int, seed: int, weights: str | None = None, size: int = 32
+) -> tuple[Tensor, Tensor | None]:
+    """``(N, 3, H, W)`` samples of ``source`` and the class each was asked
+    for (conditional generators only; else ``None``).
+
+    ``source`` is ``stylegan2`` (``weights``, or the embedded default),
+    ``real`` (renders), ``noise`` (Gaussian, mean 0.5, sd 0.25, clipped) or
+    ``blend`` (the average of two independent renders).
+    """
+    from lclr.errors import ConfigError
+
+    gen = torch.Generator().manual_seed(seed)
+    if source == "stylegan2":
+        return _stylegan2_samples(weights, n, gen)
+    if source == "real":
+        return render(sample_factors(n, gen), size), None
+    if source == "noise":
+        return _noise(n, size, gen), None
+    if source == "blend":
+        a = render(sample_factors(n, gen), size)
+        b = render(sample_factors(n, gen), size)
+        return 0.5 * (a + b), None
+    raise ConfigError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
+
+
+# The bar ---------------------------------------------------------------------
+
+
+def _tenths(spec, values: Tensor) -> list[int]:
+    """How many of ``values`` fall in each tenth of the factor's range."""
+    u = (values.double() - spec.low) / spec.span
+    if spec.kind == "circular":
+        u = torch.remainder(u, 1.0)
+    bins = (u * 10).floor().clamp(0, 9).long()
+    return torch.bincount(bins, minlength=10).tolist()
+
+
+def measure_quality(
+    images: Tensor,
+    predictor: Any,
+    *,
+    seed: int = 0,
+    asked: Tensor | None = None,
+    refine_steps: int = REFINE_STEPS,
+) -> dict[str, Any]:
+    """Score ``(N, 3, H, W)`` samples in ``[0, 1]`` against the bar.
+
+    ``predictor`` is a :class:`~lclr_shapes.predictor.FactorPredictor`;
+    ``seed`` draws the real renders the Fréchet distances compare with;
+    ``asked`` (optional, ``(N,)``) the class a conditional generator was
+    asked for, to report how often it drew that class.
+    """
+    n = images.shape[0]
+    classes = len(SHAPES)
+    pred = predictor.predict(images)
+
+    # 1. good samples: confident and re-rendered closely
+    confidence = pred["probs"].max(dim=1).values
+    error = rerender_error(images, pred, refine_steps)
+    confident = confidence >= CONFIDENCE
+    close = error <= ERROR_BOUND
+    good = confident & close
+    share = float(good.double().mean())
+
+    # 2. class histogram of all samples
+    counts = torch.bincount(pred["shape"], minlength=classes).double()
+    shares = (counts / n).tolist()
+    low, high = 0.6 / classes, 1.4 / classes
+    classes_pass = all(low <= s <= high for s in shares)
+
+    # 3. coverage in tenths, among good samples
+    tenths = {s.name: _tenths(s, pred[s.name][good]) for s in _CONTINUOUS}
+    empty = {k: [i for i, c in enumerate(v) if c == 0] for k, v in tenths.items()}
+    coverage_pass = not any(empty.values())
+
+    # 4. Fréchet distances in the predictor's feature space
+    gen = torch.Generator().manual_seed(seed + 1)
+    size = images.shape[-1]
+    real_a = predictor.predict(render(sample_factors(n, gen), size))["features"]
+    real_b = predictor.predict(render(sample_factors(n, gen), size))["features"]
+    noise = predictor.predict(_noise(n, size, gen))["features"]
+    fd = {
+        "samples": frechet_distance(pred["features"], real_a),
+        "real_floor": frechet_distance(real_b, real_a),
+        "noise": frechet_distance(noise, real_a),
+    }
+    fd["limit"] = math.sqrt(max(fd["real_floor"], 1e-12) * fd["noise"])
+    fd["pass"] = fd["samples"] <= fd["limit"]
+
+    report: dict[str, Any] = {
+        "n": n,
+        "good": {
+            "share": share,
+            "min_share": GOOD_SHARE,
+            "confident_share": float(confident.double().mean()),
+            "rerender_share": float(close.double().mean()),
+            "median_error": float(error.median()),
+            "error_bound": ERROR_BOUND,
+            "min_confidence": CONFIDENCE,
+            "refine_steps": refine_steps,
+            "pass": share >= GOOD_SHARE,
+        },
+        "classes": {
+            "shares": dict(zip(SHAPES, shares)),
+            "low": low,
+            "high": high,
+            "pass": classes_pass,
+        },
+        "coverage": {"tenths": tenths, "empty": empty, "pass": coverage_pass},
+        "frechet": fd,
+    }
+    if asked is not None:
+        hit = (pred["shape"] == asked.to(pred["shape"].device)).double().mean()
+        report["conditioning_accuracy"] = float(hit)
+    parts = ("good", "classes", "coverage", "frechet")
+    report["pass"] = all(report[p]["pass"] for p in parts)
+    return report
+
+
+def quality_of_source(
+    source: str = "stylegan2",
+    *,
+    weights: str | None = None,
+    n: int = 1000,
+    seed: int = 0,
+    predictor_weights: str | None = None,
+    refine_steps: int = REFINE_STEPS,
+) -> dict[str, Any]:
+    """Sample ``source`` (see :func:`sample_source`) and measure it."""
+    from lclr_shapes.predictor import load_predictor
+
+    predictor = load_predictor(predictor_weights)
+    images, asked = sample_source(source, n, seed, weights)
+    report = measure_quality(
+        images, predictor, seed=seed, asked=asked, refine_steps=refine_steps
+    )
+    report["source"] = source
+    report["seed"] = seed
+    if source == "stylegan2":
+        report["weights"] = str(weights) if weights else "embedded"
+    return report
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A short human-readable account of a :func:`measure_quality` report."""
+
+    def mark(ok: bool) -> str:
+        return "pass" if ok else "FAIL"
+
+    g, c, cov, fd = (report[k] for k in ("good", "classes", "coverage", "frechet"))
+    shares = ", ".join(f"{k} {v:.1%}" for k, v in c["shares"].items())
+    empty = {k: v for k, v in cov["empty"].items() if v}
+    lines = [
+        f"good samples  {mark(g['pass'])}  {g['share']:.1%} (>= "
+        f"{g['min_share']:.0%}; confident {g['confident_share']:.1%}, "
+        f"re-render within {g['error_bound']} {g['rerender_share']:.1%}, "
+        f"median error {g['median_error']:.3f})",
+        f"classes       {mark(c['pass'])}  {shares} (each in "
+        f"[{c['low']:.3f}, {c['high']:.3f}])",
+        f"coverage      {mark(cov['pass'])}  "
+        + (f"empty tenths: {empty}" if empty else "every tenth of every factor"),
+        f"frechet       {mark(fd['pass'])}  samples {fd['samples']:.2f}, "
+        f"real floor {fd['real_floor']:.2f}, noise {fd['noise']:.2f} "
+        f"(limit {fd['limit']:.2f})",
+    ]
+    if "conditioning_accuracy" in report:
+        lines.append(
+            f"conditioning  {report['conditioning_accuracy']:.1%} drawn as asked"
+        )
+    lines.append(f"overall       {mark(report['pass'])}")
+    return lines
