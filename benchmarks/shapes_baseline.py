@@ -1,0 +1,101 @@
+"""LatentCLR against random directions on the embedded shapes generator.
+
+Trains one run per direction model and seed, scores each with the ``shapes``
+evaluator (which also scores K random directions of the same norm on the
+same samples), and prints a table. The figures in docs/shapes.md come from
+
+    .venv/bin/python benchmarks/shapes_baseline.py --out build/baseline
+
+It takes about a minute per run and seed on two CPU cores at the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import lclr
+from lclr.config import RunConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("build/baseline"))
+    parser.add_argument("--directions", default="global,linear,nonlinear")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--layer", default=None)
+    parser.add_argument("-k", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=3.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    evaluator = lclr.create_evaluator("shapes", samples=args.samples)
+    rows = []
+    for direction in args.directions.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            folder = args.out / f"{direction}-seed{seed}"
+            config = RunConfig(
+                weights=args.weights, layer=args.layer, direction=direction,
+                k=args.k, alpha=args.alpha, batch_size=args.batch_size,
+                iterations=args.iterations, seed=seed,
+            )  # fmt: skip
+            start = time.perf_counter()
+            if (folder / "directions.json").exists():
+                print(f"{folder} exists: evaluating it as it is")
+            else:
+                lclr.train(config, folder)
+            minutes = (time.perf_counter() - start) / 60
+            summary = evaluator.evaluate(lclr.load_run(folder), folder / "eval")
+            rows.append(
+                {
+                    "direction": direction,
+                    "seed": seed,
+                    "score": summary["score"],
+                    "random": _random_score(summary),
+                    "minutes": round(minutes, 2),
+                }
+            )
+            print(json.dumps(rows[-1]))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "baseline.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print()
+    print(table(rows, args))
+
+
+def _random_score(summary: dict) -> float:
+    return float(summary.get("random_score", float("nan")))
+
+
+def table(rows: list[dict], args) -> str:
+    lines = [
+        f"K={args.k}, alpha={args.alpha}, N={args.batch_size}, "
+        f"{args.iterations} iterations, layer {args.layer or 'default'}",
+        "",
+        "| direction model | LatentCLR score (mean ± sd) | random directions | seeds |",
+        "| --- | --- | --- | --- |",
+    ]
+    for direction in dict.fromkeys(r["direction"] for r in rows):
+        mine = [r["score"] for r in rows if r["direction"] == direction]
+        rand = [r["random"] for r in rows if r["direction"] == direction]
+        sd = statistics.stdev(mine) if len(mine) > 1 else 0.0
+        rsd = statistics.stdev(rand) if len(rand) > 1 else 0.0
+        lines.append(
+            f"| {direction} | {statistics.mean(mine):.3f} ± {sd:.3f} | "
+            f"{statistics.mean(rand):.3f} ± {rsd:.3f} | {len(mine)} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
