@@ -3,31 +3,12 @@ the plugin registers them without loading torch."""
 
 from __future__ import annotations
 
-import math
-
 import attrs
 from attrs import validators as v
 
-
-def _positive(instance, attribute, value):
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value}")
-
-
-def _float_field(default: float):
-    """An attrs field holding a finite float > 0."""
-    return attrs.field(default=default, converter=float, validator=_positive)
-
-
-def _bool(instance, attribute, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{attribute.name} must be true or false, got {value!r}")
-
-
-def _positive_int(instance, attribute, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
-
+from lclr.validators import boolean as _bool
+from lclr.validators import positive_float as _float_field
+from lclr.validators import positive_int as _positive_int
 
 # Options --------------------------------------------------------------
 
