@@ -168,3 +168,20 @@ def test_an_edit_that_changes_nothing_is_one_clear_error(tmp_path):
     config = tiny_config(edit_layers=(2,), layer="fc", iterations=1)
     with pytest.raises(LclrError, match="unchanged"):
         train(config, tmp_path / "r")
+
+
+def test_projector_head_is_trained_saved_and_resumed_exactly(tmp_path):
+    # The authors' variant with a trainable MLP head: the head is part of the
+    # optimiser and of the checkpoint, so a resumed run matches exactly.
+    options = {"variant": "authors", "projector": "mlp"}
+    config = tiny_config(objective_options=options, direction="global")
+    whole = train(config, tmp_path / "whole")
+    train(config.evolve(iterations=5), tmp_path / "parts")
+    parts = train(config, tmp_path / "parts", resume=True)
+    head = whole.objective.state_dict()
+    assert head, "the MLP head has parameters"
+    for name, value in head.items():
+        assert torch.equal(value, parts.objective.state_dict()[name]), name
+    assert_same_tensors(
+        directions_of(tmp_path / "whole")[0], directions_of(tmp_path / "parts")[0]
+    )

@@ -288,10 +288,7 @@ def options_dict_of(model, given: dict) -> dict:
 def _restore(run: RunState, state: dict) -> None:
     try:
         run.directions.load_state_dict(state["directions"])
-        for p, saved in zip(
-            run.objective.parameters(), state["objective"], strict=True
-        ):
-            p.data.copy_(saved)
+        run.objective.load_state_dict(state["objective"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.rng.set_state(state["rng"])
