@@ -99,6 +99,13 @@ ERRORS = [
     (["run", *TINY, "-G", "novalue"], "must look like KEY=VALUE"),
     (["run", *TINY, "--device", "gpu7"], "unknown device 'gpu7'"),
     (["layers", "--generator", "nope"], "unknown generator 'nope'"),
+    (["run", *TINY, "--edit-layers", "3-1"], "must look like 0-3,6"),
+    (["run", *TINY, "--class", "1"], "'toy' is not class-conditional; drop --class"),
+    (["run", *TINY, "-O", "variant=foo"], "'variant' must be in ('paper', 'authors')"),
+    (["run", *TINY, "--temperature", "0.5", "-O", "temperature=0.1"], "disagree"),
+    (["run", *TINY, "--device", "meta"], "unknown device 'meta'"),
+    (["run", *TINY, "--alpha", "inf"], "alpha must be greater than 0 and finite"),
+    (["run", *TINY, "--grad-clip", "0"], "--grad-clip must be greater than 0"),
     (["render", "/no/such/run"], "does not exist"),
     (["eval", "/no/such/run", "--evaluator", "nope"], "unknown evaluator 'nope'"),
 ]
@@ -143,6 +150,74 @@ def test_errors_leave_an_existing_run_untouched(tmp_path):
         assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_more_errors_found_by_trying_to_break_it(tmp_path):
+    # Each of these once ended in a traceback or a misleading message.
+    file = tmp_path / "file"
+    file.write_text("x")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "frac.toml").write_text("k = 4.7\n")
+    state_is_tensor = tmp_path / "tensor-run"
+    assert invoke("run", *TINY, "--iterations", "2", "--out", state_is_tensor,
+                  "--no-render").exit_code == 0  # fmt: skip
+    torch.save(torch.zeros(3), state_is_tensor / "state.pt")
+    cases = [
+        (["run", *TINY, "--out", file / "sub"], "Not a directory"),
+        (["run", "--config", tmp_path / "list.json"], "not list"),
+        (["run", "--config", tmp_path / "frac.toml"], "k: expected an integer"),
+        (["run", "--resume", state_is_tensor, "--iterations", "5"], "not an lclr"),
+        (["eval", file], "is a file, not a run folder"),
+        (["run", "--resume", file], "is a file, not a run folder"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = invoke(*args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code >= 2 and len(lines) == 1, (args, result.output)
+        assert message in lines[0], (args, lines[0])
+
+
+def test_resume_flags_are_named_as_typed(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("run", *TINY, "--iterations", "2", "--out", out,
+                  "--no-render").exit_code == 0  # fmt: skip
+    result = invoke("run", "--resume", out, "-k", "4", "--config", "c.toml")
+    assert "drop --config, -k" in result.output
+    result = invoke("run", "--resume", out, "--out", tmp_path / "other")
+    assert "drop --out" in result.output and not (tmp_path / "other").exists()
+
+
+def test_resume_to_a_total_already_reached_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("run", *TINY, "--iterations", "4", "--out", out,
+                  "--no-render").exit_code == 0  # fmt: skip
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = invoke("run", "--resume", out, "--iterations", "3")
+    assert result.exit_code == 2 and "already at step 4" in result.output
+    assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_nothing(tmp_path):
+    out = tmp_path / "run"
+    # An edit to the toy's last code cannot change its first layer: error.
+    result = invoke("run", *TINY, "--layer", "fc", "--edit-layers", "2", "--out", out)
+    assert result.exit_code == 2 and "unchanged" in result.output
+    assert not out.exists()
+
+
+def test_default_run_folders_never_collide(tmp_path):
+    from lclr.runfolder import claim_new_folder
+
+    first = claim_new_folder(tmp_path / "runs" / "toy-linear-20261204-120000")
+    second = claim_new_folder(tmp_path / "runs" / "toy-linear-20261204-120000")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert second.name == "toy-linear-20261204-120000-2"
+
+
+def test_plugins_says_when_lclr_plugins_matches_nothing(monkeypatch):
+    monkeypatch.setenv("LCLR_PLUGINS", "nope")
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert "LCLR_PLUGINS names no installed plugin: nope" in result.output
 
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path):

@@ -57,8 +57,14 @@ def test_two_plugins_claiming_one_name_is_an_error_naming_both():
             register("toy", lambda weights, options: None)
 
     registry = get_registry()
-    with pytest.raises(PluginError, match="'toy' is registered by both lclr-toy and"):
-        registry.add_plugin(Impostor(), "impostor", "lclr-impostor")
+    registry.add_plugin(Impostor(), "impostor", "lclr-impostor")
+    # Neither wins silently: using the name is an error naming both.
+    both = "'toy' is registered by both lclr-toy and lclr-impostor"
+    with pytest.raises(PluginError, match=both):
+        lclr.create_generator("toy")
+    assert both in next(iter(registry.conflicts.values()))
+    # The other components still work.
+    assert lclr.create_direction_model("global", k=2, latent_dim=3).k == 2
 
 
 def test_a_misspelt_hook_fails_loudly_with_the_plugin_name(monkeypatch):

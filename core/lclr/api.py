@@ -30,20 +30,26 @@ class LoadedRun:
     def alpha(self) -> float:
         return self.config.alpha
 
-    def edit(self, codes: torch.Tensor, k: int, alpha: float) -> torch.Tensor:
+    def edit(
+        self, codes: torch.Tensor, k: int, alpha: float | None = None
+    ) -> torch.Tensor:
         """``codes`` (N, D) edited by direction ``k``, ready for ``synthesize``.
 
         When the run edits chosen per-layer codes only, the result is the
         (N, L, D) per-layer codes with the edit in those layers.
         """
+        alpha = self.alpha if alpha is None else alpha
         edited = self.directions.edit(codes, k, alpha)  # (N, D)
         return compose_codes(
             codes, edited[None], self.config.edit_layers, self.generator.num_codes
         )
 
     @torch.no_grad()
-    def images(self, codes: torch.Tensor, k: int, alpha: float) -> torch.Tensor:
-        """Images of ``codes`` edited by direction ``k``: (N, 3, H, W) in [0, 1]."""
+    def images(
+        self, codes: torch.Tensor, k: int, alpha: float | None = None
+    ) -> torch.Tensor:
+        """Images of ``codes`` edited by direction ``k`` (by the run's α unless
+        given): (N, 3, H, W) in [0, 1]."""
         return self.generator.synthesize(self.edit(codes, k, alpha))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from lclr.hookspecs import hookimpl
 
 log = logging.getLogger("lclr")
 
-RESUMABLE = {"iterations", "device", "resume", "no_render", "out"}
+RESUMABLE = {"iterations", "device", "resume", "no_render"}
 
 
 class LclrGroup(click.Group):
@@ -60,6 +61,14 @@ class LclrGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            # A file system refusal (read-only, not a folder, disk full...).
+            where = f": {exc.filename}" if exc.filename else ""
+            reason = exc.strerror or str(exc)
+            click.echo(
+                f"Error: {reason}{where}; check the path and its rights", err=True
+            )
+            ctx.exit(6)
 
 
 @click.group(cls=LclrGroup)
@@ -102,7 +111,10 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     try:
         for part in text.split(","):
             lo, _, hi = part.partition("-")
-            out += range(int(lo), int(hi or lo) + 1)
+            lo, hi = int(lo), int(hi or lo)
+            if hi < lo:
+                raise ValueError
+            out += range(lo, hi + 1)
     except ValueError:
         raise ConfigError(f"--edit-layers '{text}' must look like 0-3,6") from None
     return tuple(sorted(set(out)))
@@ -144,7 +156,7 @@ def parse_steps(text: str) -> tuple[int, ...]:
     "--alpha", type=float, default=3.0, show_default=True, help="α, edit norm."
 )
 @click.option("--alpha-range", nargs=2, type=float, help="Sample α from MIN MAX.")
-@click.option("--temperature", type=float, help="τ of the LatentCLR objective.")
+@click.option("--temperature", type=float, help="τ of the LatentCLR objective [0.5].")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="N.")
 @click.option("--iterations", type=int, default=1000, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -184,7 +196,8 @@ def run(ctx, **opts):
     if opts["resume"]:
         extra = sorted(given - RESUMABLE)
         if extra:
-            names = ", ".join("--" + n.replace("_", "-") for n in extra)
+            flags = {p.name: p.opts[0] for p in ctx.command.params}
+            names = ", ".join(flags[n] for n in extra)
             raise ConfigError(f"--resume continues a run as configured; drop {names}")
         folder = Path(opts["resume"])
         from lclr.runfolder import read_config
@@ -194,10 +207,21 @@ def run(ctx, **opts):
         config = config.evolve(**changes)
     else:
         config = _config_from_options(opts, given)
-        folder = Path(opts["out"] or _default_out(config))
+        _check_class_option(config, opts["class_label"])
+        if opts["out"]:
+            folder = Path(opts["out"])
+        else:
+            from lclr.runfolder import claim_new_folder
+
+            folder = claim_new_folder(_default_out(config))
     quiet = ctx.obj["quiet"]
-    with _progress(config, quiet):
-        result = train(config, folder, resume=bool(opts["resume"]))
+    try:
+        with _progress(config, quiet):
+            result = train(config, folder, resume=bool(opts["resume"]))
+    except LclrError:
+        if not opts["out"] and not opts["resume"] and not any(folder.iterdir()):
+            folder.rmdir()  # the folder claimed for this run holds nothing
+        raise
     click.echo(f"run folder:  {folder}")
     click.echo(f"directions:  {folder / 'directions.safetensors'}")
     if not opts["no_render"]:
@@ -243,11 +267,28 @@ def _config_from_options(opts: dict, given: set[str]):
         **parse_options(opts["objective_option"], "objective"),
     }
     if opts["temperature"] is not None:
+        if objective.get("temperature", opts["temperature"]) != opts["temperature"]:
+            raise ConfigError("--temperature and -O temperature disagree; give one")
         objective["temperature"] = opts["temperature"]
     changes.update(
         generator_options=gen, direction_options=direction, objective_options=objective
     )
     return base.evolve(**changes)
+
+
+def _check_class_option(config, class_label) -> None:
+    if class_label is None:
+        return
+    import attrs
+
+    from lclr.registry import get_registry
+
+    comp = get_registry().get("generator", config.generator)
+    fields = {f.name for f in attrs.fields(comp.options)} if comp.options else set()
+    if "class_label" not in fields:
+        raise ConfigError(
+            f"generator '{config.generator}' is not class-conditional; drop --class"
+        )
 
 
 def _default_out(config) -> Path:
@@ -313,8 +354,11 @@ def plugins():
     from lclr.registry import KINDS, get_registry
 
     registry = get_registry()
+    if registry.unmatched:
+        names = ", ".join(registry.unmatched)
+        click.echo(f"LCLR_PLUGINS names no installed plugin: {names}", err=True)
     if not registry.plugins:
-        click.echo("no plugins installed")
+        click.echo("no plugins loaded")
     for info in registry.plugins:
         click.echo(f"{info.distribution} {info.version} (plugin '{info.name}')")
         if info.error:
@@ -324,6 +368,8 @@ def plugins():
                 if comp.plugin == info.name:
                     label = KINDS[kind][1]
                     click.echo(f"  {label:<16} {comp.name:<12} {comp.summary}")
+    for message in registry.conflicts.values():
+        click.echo(f"CONFLICT: {message}")
 
 
 @cli.command()
@@ -364,9 +410,10 @@ def render(run_dir, samples, steps, alpha, seed, out, no_gif):
 
     if samples < 1 or steps < 2:
         raise ConfigError("--samples must be at least 1 and --steps at least 2")
-    if alpha is not None and alpha <= 0:
-        raise ConfigError(f"--alpha must be greater than 0; got {alpha}")
+    if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
+        raise ConfigError(f"--alpha must be greater than 0 and finite; got {alpha}")
     run_ = load_run(run_dir)
+    _note_incomplete(run_)
     out = Path(out) if out else Path(run_dir) / "images"
     files = render_run(
         run_, out, samples=samples, steps=steps, alpha=alpha, seed=seed, gif=not no_gif
@@ -388,6 +435,7 @@ def eval_(run_dir, evaluator, evaluator_option, out):
 
     ev = create_evaluator(evaluator, **parse_options(evaluator_option, "evaluator"))
     run_ = load_run(run_dir)
+    _note_incomplete(run_)
     out = Path(out) if out else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     summary = ev.evaluate(run_, out)
@@ -395,6 +443,15 @@ def eval_(run_dir, evaluator, evaluator_option, out):
     for line in summary.get("lines", []):
         click.echo(line)
     click.echo(f"results:     {out}")
+
+
+def _note_incomplete(run) -> None:
+    if run.step < run.config.iterations:
+        click.echo(
+            f"note: this run stopped at step {run.step} of {run.config.iterations}; "
+            f"`lclr run --resume {run.folder}` finishes it",
+            err=True,
+        )
 
 
 def main():

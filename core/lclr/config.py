@@ -8,6 +8,7 @@ authors' release where the paper is silent (see docs/defaults.md).
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,21 @@ from lclr.errors import ConfigError
 _converter = cattrs.Converter()
 
 
+def _strict_int(value, _type) -> int:
+    """Refuse 4.7 or true where an integer is meant, instead of truncating."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"expected an integer, got {value!r}")
+    if isinstance(value, str):
+        raise ConfigError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+_converter.register_structure_hook(int, _strict_int)
+
+
 def _at_least(minimum, what):
     def check(instance, attribute, value):
-        if value < minimum:
+        if isinstance(value, bool) or not value >= minimum:
             raise ConfigError(f"{what} must be at least {minimum}; got {value}")
 
     return check
@@ -30,17 +43,25 @@ def _at_least(minimum, what):
 
 def _positive(what):
     def check(instance, attribute, value):
-        if not value > 0:
-            raise ConfigError(f"{what} must be greater than 0; got {value}")
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{what} must be greater than 0 and finite; got {value}")
 
     return check
+
+
+def _optional(check):
+    def optional(instance, attribute, value):
+        if value is not None:
+            check(instance, attribute, value)
+
+    return optional
 
 
 def _alpha_range(instance, attribute, value):
     if value is None:
         return
     lo, hi = value
-    if not 0 < lo <= hi:
+    if not (0 < lo <= hi and math.isfinite(hi)):
         raise ConfigError(f"--alpha-range must be 0 < MIN <= MAX; got {lo}, {hi}")
 
 
@@ -106,11 +127,15 @@ class RunConfig:
     lr_gamma: float = attrs.field(
         default=0.2, converter=float, validator=_positive("lr_gamma")
     )
-    grad_clip: float | None = None
+    grad_clip: float | None = attrs.field(
+        default=None, validator=_optional(_positive("--grad-clip"))
+    )
     """Clip the gradient norm to this value; None for no clipping."""
     seed: int = 0
     device: str = "cpu"
-    chunk_size: int | None = None
+    chunk_size: int | None = attrs.field(
+        default=None, validator=_optional(_at_least(1, "chunk_size"))
+    )
     """Split the K·N edited forward into chunks of this many codes."""
     checkpoint_every: int = attrs.field(
         default=200, validator=_at_least(1, "checkpoint_every")
@@ -124,6 +149,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        if not isinstance(data, dict):
+            kind = type(data).__name__
+            raise ConfigError(
+                f"a config must be a table of keys and values, not {kind}"
+            )
         names = {f.name for f in attrs.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -199,8 +229,14 @@ def _toml_value(value) -> str:
     raise ConfigError(f"cannot write {value!r} to TOML")
 
 
-def _first_error(exc: Exception) -> str:
+def _first_error(exc: BaseException, where: str = "") -> str:
+    """The first leaf error inside cattrs' exception groups, with its key."""
     if isinstance(exc, cattrs.BaseValidationError):
-        msgs = cattrs.transform_error(exc)
-        return msgs[0] if msgs else str(exc)
-    return str(exc)
+        for sub in exc.exceptions:
+            note = getattr(sub, "__notes__", None) or [""]
+            name = getattr(note[0], "name", None)
+            key = f"{where}.{name}" if name else where
+            return _first_error(sub, key)
+    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    key = where.lstrip(".")
+    return f"{key}: {message}" if key and key not in message else message

@@ -65,6 +65,8 @@ class Registry:
         self.pm = pm
         self.plugins: list[PluginInfo] = []
         self.components: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
+        self.conflicts: dict[tuple[str, str], str] = {}
+        self.unmatched: list[str] = []
         self._dists: dict[str, str] = {}
 
     # Loading ----------------------------------------------------------------
@@ -73,6 +75,8 @@ class Registry:
         """Import and register every ``lclr`` entry point, each on its own."""
         wanted = _wanted_plugins()
         eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if wanted is not None:
+            self.unmatched = sorted(wanted - {ep.name for ep in eps})
         for ep in sorted(eps, key=lambda e: e.name):
             if wanted is not None and ep.name not in wanted:
                 log.debug("skipping plugin %s (not in %s)", ep.name, PLUGINS_ENV)
@@ -137,13 +141,15 @@ class Registry:
         def register(name, factory, *, options=None, summary=""):
             table = self.components[kind]
             dist = self._dists.get(plugin, plugin)
-            if name in table:
-                other = table[name].distribution
+            if name in table or (kind, name) in self.conflicts:
+                # Neither wins silently: the name is unusable until one goes.
+                other = table.pop(name).distribution if name in table else "another"
                 label = KINDS[kind][1]
-                raise PluginError(
+                self.conflicts[kind, name] = (
                     f"{label} '{name}' is registered by both {other} and {dist}; "
                     f"uninstall one, or list the plugins to load in {PLUGINS_ENV}"
                 )
+                return
             if options is not None and not attrs.has(options):
                 raise TypeError(f"options of {kind} '{name}' must be an attrs class")
             table[name] = Component(kind, name, factory, options, summary, plugin, dist)
@@ -153,6 +159,8 @@ class Registry:
     # Lookup -------------------------------------------------------------------
 
     def get(self, kind: str, name: str) -> Component:
+        if (kind, name) in self.conflicts:
+            raise PluginError(self.conflicts[kind, name])
         table = self.components[kind]
         if name not in table:
             label = KINDS[kind][1]
@@ -185,7 +193,9 @@ def make_options(comp: Component, values: dict) -> Any:
     try:
         return comp.options(**values)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{label}: {exc}") from None
+        # attrs' own validators put (message, attribute, ...) in args.
+        message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else exc
+        raise ConfigError(f"{label}: {message}") from None
 
 
 def options_dict(options: Any) -> dict:

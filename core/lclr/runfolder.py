@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the mode a plain open() would give
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -51,6 +53,12 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
@@ -62,7 +70,9 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 def load_state(path: Path) -> dict[str, Any]:
     """Read a training state; refuses anything but tensors and plain data."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns before refusing a pickle
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RunFolderError(
             f"{path.parent} has no {STATE}; it is not a resumable lclr run"
@@ -72,6 +82,11 @@ def load_state(path: Path) -> dict[str, Any]:
             f"{path} is not a valid lclr training state ({_short(exc)}); "
             "start a new run instead"
         ) from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(
+            f"{path} is not an lclr training state; start a new run instead"
+        )
+    return state
 
 
 def check_new_folder(folder: Path) -> None:
@@ -91,6 +106,8 @@ def check_new_folder(folder: Path) -> None:
 
 def read_config(folder: Path) -> RunConfig:
     path = Path(folder) / CONFIG
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise RunFolderError(f"{folder} is a file, not a run folder")
     if not Path(folder).is_dir():
         raise RunFolderError(f"run folder {folder} does not exist")
     if not path.exists():
@@ -154,3 +171,21 @@ def truncate_metrics(folder: Path, step: int) -> None:
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+def claim_new_folder(base: Path) -> Path:
+    """Create and return ``base``, or ``base-2``, ``base-3``... if taken.
+
+    ``os.mkdir`` is atomic, so two runs started in the same second never
+    share a folder.
+    """
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise RunFolderError(f"too many runs named {base}*; pass --out")

@@ -23,7 +23,7 @@ import torch
 
 from lclr import runfolder
 from lclr.config import RunConfig
-from lclr.errors import ConfigError, LclrError, UnknownComponentError
+from lclr.errors import CheckpointError, ConfigError, LclrError, UnknownComponentError
 from lclr.registry import get_registry, options_dict
 
 log = logging.getLogger(__name__)
@@ -144,24 +144,42 @@ def train(config: RunConfig, folder: str | Path, *, resume: bool = False) -> Run
     generator, directions, objective, layer = build_components(config)
     optimizer, scheduler = make_optimizer(config, directions, objective)
     rng = torch.Generator().manual_seed(config.seed)
-    run = RunState(
-        config,
-        folder,
-        generator,
-        directions,
-        objective,
-        layer,
-        optimizer,
-        scheduler,
-        rng,
-    )
+    run = RunState(config, folder, generator, directions, objective, layer,
+                   optimizer, scheduler, rng)  # fmt: skip
     if resume:
         _restore(run, runfolder.load_state(folder / runfolder.STATE))
+        if config.iterations <= run.step:
+            raise ConfigError(
+                f"{folder} is already at step {run.step}; pass --iterations above "
+                f"{run.step} to continue it"
+            )
+        runfolder.write_config(folder, config)
         runfolder.truncate_metrics(folder, run.step)
     else:
+        created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-    runfolder.write_config(folder, config)
+        runfolder.write_config(folder, config)
 
+    try:
+        interrupted = _loop(run)
+    except LclrError:
+        # Keep what was learnt: the parameters are those of the last full step.
+        if run.step > 0:
+            save_checkpoint(run)
+        elif not resume:
+            _remove_new_run(folder, created)
+        raise
+    if interrupted:
+        raise RunInterrupted(
+            f"interrupted at step {run.step}; checkpoint written; "
+            f"resume with: lclr run --resume {folder}"
+        )
+    return run
+
+
+def _loop(run: RunState) -> bool:
+    """Steps until the total or Ctrl-C; True when interrupted."""
+    config, folder = run.config, run.folder
     hook = get_registry().pm.hook
     hook.lclr_run_start(run=run)
     interrupted = False
@@ -179,12 +197,15 @@ def train(config: RunConfig, folder: str | Path, *, resume: bool = False) -> Run
                 break
     save_checkpoint(run)
     hook.lclr_run_end(run=run, interrupted=interrupted)
-    if interrupted:
-        raise RunInterrupted(
-            f"interrupted at step {run.step}; checkpoint written; "
-            f"resume with: lclr run --resume {folder}"
-        )
-    return run
+    return interrupted
+
+
+def _remove_new_run(folder: Path, created: bool) -> None:
+    """A new run that failed before its first step leaves nothing behind."""
+    for name in (runfolder.CONFIG, runfolder.METRICS):
+        (folder / name).unlink(missing_ok=True)
+    if created and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def train_step(run: RunState) -> dict[str, float]:
@@ -293,10 +314,11 @@ def _restore(run: RunState, state: dict) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
         run.rng.set_state(state["rng"])
         run.step = int(state["step"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"{run.folder} cannot be resumed with this configuration ({exc}); "
-            "start a new run instead"
+    except Exception as exc:  # any mismatch between state.pt and config.json
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"the state in {run.folder} does not fit its config.json ({first}); "
+            "was config.json edited? Start a new run instead"
         ) from None
 
 
@@ -309,7 +331,9 @@ def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device '{name}'; use cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but no CUDA GPU is available")
     return device
