@@ -14,7 +14,7 @@ def _positive(instance, attribute, value):
 class ToyOptions:
     """Options of the toy generator."""
 
-    latent_dim: int = attrs.field(default=8, validator=_positive)
+    latent_dim: int = attrs.field(default=32, validator=_positive)
     width: int = attrs.field(default=8, validator=_positive)
     seed: int = 0
 
