@@ -1,0 +1,64 @@
+"""The embedded default: the shapes StyleGAN2 that `lclr run` uses with no
+weights given, end to end for a few steps."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import lclr
+from lclr.cli import cli
+from lclr_shapes.render import SHAPES
+from lclr_stylegan2.loading import EMBEDDED_WEIGHTS
+
+pytestmark = pytest.mark.usefixtures("fresh_registry")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_embedded_weights_are_small_and_documented():
+    assert EMBEDDED_WEIGHTS.stat().st_size <= 10 * 2**20
+    facts = json.loads(EMBEDDED_WEIGHTS.with_suffix(".json").read_text())
+    assert facts["seed"] == 0 and facts["steps"] > 0 and facts["minutes"] > 0
+
+
+def test_embedded_generator_is_the_class_conditional_shapes_one():
+    g = lclr.create_generator("stylegan2")
+    assert g.describe()["class_names"] == list(SHAPES)
+    images = g.synthesize(g.sample_latent(4, seed=0))
+    assert images.shape == (4, 3, 32, 32)
+    assert images.min() >= 0 and images.max() <= 1
+    heart = lclr.create_generator("stylegan2", class_label="heart")
+    assert heart.sample_latent(2, seed=0).shape == (2, g.latent_dim)
+
+
+def test_the_readme_run_command_on_the_embedded_generator(tmp_path):
+    out = tmp_path / "run"
+    args = ["-q", "run", "--generator", "stylegan2", "--iterations", "3", "-k", "3",
+            "--batch-size", "4", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "images" / "grid.png").exists()
+    result = CliRunner().invoke(cli, ["eval", str(out), "-E", "samples=256"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    assert 0 <= report["score"] <= 1
+
+
+def test_baseline_benchmark_runs_for_a_few_steps(tmp_path, monkeypatch, capsys):
+    argv = ["shapes_baseline.py", "--out", str(tmp_path), "--directions", "global",
+            "--seeds", "0", "--iterations", "2", "-k", "2",
+            "--threads", "1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "benchmarks" / "shapes_baseline.py"), run_name="__main__")
+    assert "| global |" in capsys.readouterr().out
+
+
+def test_step_speed_benchmark_prints_figures(monkeypatch, capsys):
+    argv = ["step_speed.py", "--size", "16", "--style-dim", "32", "--steps", "1",
+            "-k", "2", "-n", "2", "--threads", "1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "benchmarks" / "step_speed.py"), run_name="__main__")
+    assert "seconds per step:" in capsys.readouterr().out
