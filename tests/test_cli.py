@@ -240,3 +240,12 @@ def test_help_does_not_import_torch():
     )
     assert result.returncode == 0, result.stderr
     assert "plugins" in result.stdout
+
+
+def test_the_shapes_evaluator_refuses_a_generator_of_another_world(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("run", *TINY, "--iterations", "2", "--out", out,
+                  "--no-render").exit_code == 0  # fmt: skip
+    result = invoke("eval", out)
+    assert result.exit_code == 2
+    assert "reads 3x32x32 images of the shapes world" in result.output

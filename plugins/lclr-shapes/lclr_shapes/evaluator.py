@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lclr.errors import ConfigError
 from lclr.interfaces import Evaluator
 from lclr_shapes.options import ShapesEvalOptions
 from lclr_shapes.render import FACTORS
@@ -117,6 +118,16 @@ class _RandomDirections:
         return codes + alpha * self.units[k]
 
 
+def _check_images(images: Tensor) -> None:
+    """Only images of the shapes world can be read by its predictor."""
+    if tuple(images.shape[1:]) != (3, 32, 32):
+        size = "x".join(str(n) for n in images.shape[1:])
+        raise ConfigError(
+            f"the shapes evaluator reads 3x32x32 images of the shapes world; "
+            f"this run's generator makes {size}; use another evaluator"
+        )
+
+
 class ShapesEvaluator(Evaluator):
     """Scores a run's directions against the shapes world's true factors."""
 
@@ -143,6 +154,7 @@ class ShapesEvaluator(Evaluator):
             if k is not None:
                 batch = run.edit(batch, k, alpha)
             images = run.generator.synthesize(batch).float().cpu()
+            _check_images(images)
             parts.append(self.predictor.predict(images))
         return {name: torch.cat([p[name] for p in parts]) for name in FACTOR_NAMES}
 
