@@ -43,16 +43,10 @@ def _log_to(path: Path, quiet: bool) -> None:
 )
 @click.option("--steps", type=int, default=None, help="Total steps (optional).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="[default: 32]")
+@click.option("--r1-gamma", type=float, default=None, help="R1 weight [0.1].")
 @click.option(
-    "--r1-gamma", type=float, default=0.01, show_default=True, help="R1 weight."
-)
-@click.option(
-    "--pl-weight",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Path-length weight (0: off).",
+    "--pl-weight", type=float, default=None, help="Path-length weight [0: off]."
 )
 @click.option(
     "--threads", type=int, default=2, show_default=True, help="torch CPU threads."
@@ -70,15 +64,10 @@ def train_gan(
     from lclr_shapes.gan.train import train
 
     torch.set_num_threads(threads)
+    given = {"batch": batch_size, "r1_gamma": r1_gamma, "pl_weight": pl_weight}
+    given = {k: v for k, v in given.items() if v is not None}
     try:
-        config = GanConfig(
-            minutes=minutes,
-            steps=steps,
-            seed=seed,
-            batch=batch_size,
-            r1_gamma=r1_gamma,
-            pl_weight=pl_weight,
-        )
+        config = GanConfig(minutes=minutes, steps=steps, seed=seed, **given)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     out.mkdir(parents=True, exist_ok=True)

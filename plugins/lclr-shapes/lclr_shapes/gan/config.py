@@ -41,16 +41,16 @@ class GanConfig:
     )
     """Generator channels per resolution."""
     d_channels: dict[int, int] = attrs.field(
-        factory=lambda: {4: 128, 8: 128, 16: 96, 32: 48}, converter=_int_keys
+        factory=lambda: {4: 128, 8: 128, 16: 64, 32: 32}, converter=_int_keys
     )
     """Discriminator channels per resolution."""
     conditional: bool = True
     """Condition G and D on the shape class (one-hot, drawn uniformly)."""
     batch: int = attrs.field(default=32, validator=_positive)
     """Images per step, for D and for G alike."""
-    lr: float = attrs.field(default=0.0025, validator=_positive)
+    lr: float = attrs.field(default=0.002, validator=_positive)
     """Adam learning rate of G and D (betas 0, 0.99)."""
-    r1_gamma: float = 0.01
+    r1_gamma: float = 0.1
     """Weight of the R1 penalty on real images."""
     r1_interval: int = attrs.field(default=16, validator=_positive)
     """D steps between lazy R1 steps."""
@@ -60,6 +60,10 @@ class GanConfig:
     """G steps between lazy path-length steps."""
     mixing: float = attrs.field(default=0.9, validator=_probability)
     """Probability of style mixing for each generated sample."""
+    mode_seeking: float = 1.0
+    """Weight of MSGAN's mode-seeking term (0 turns it off): G pays
+    ``weight / ratio`` where ratio is the image distance of two samples of
+    one class per unit of their z distance."""
     augment: tuple[str, ...] = attrs.field(
         default=("translation", "cutout"), converter=tuple
     )
@@ -70,7 +74,7 @@ class GanConfig:
     """Half-life of G's moving average, in thousands of images."""
     ema_rampup: float = 0.05
     """Half-life at most this share of the images seen so far (or 0)."""
-    mbstd_group: int = 4
+    mbstd_group: int = 32
     """Group size of the minibatch standard-deviation layer."""
     seed: int = 0
     """Seeds every random stream of the run."""

@@ -3,7 +3,12 @@
 The check compares, for each class, 64 samples of G's moving average with
 real renders of that class: the distance between the mean images and the
 ratio of per-pixel standard deviations (diversity; near 1 is healthy, a
-collapsing class falls towards 0).
+collapsing class falls towards 0). When the shapes predictor's weights are
+installed it also reports, per class, the share of samples the predictor
+reads as the class they were drawn for, and the share it is sure of
+(probability >= 0.9). Grids are saved for the moving average (``grid_``)
+and for the raw generator (``grid_raw_``): a raw G that hops between
+colour modes from grid to grid while the average is grey is collapsing.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class Probe:
         reals = render.render(factors, config.size).view(c_dim, 256, -1)
         self.real_mean = reals.mean(dim=1)  # (C, 3*H*W)
         self.real_std = reals.std(dim=1).mean(dim=1)  # (C,)
+        self.predictor = _try_predictor() if config.size == 32 else None
 
     @torch.no_grad()
     def sample(self, G, z, c) -> torch.Tensor:
@@ -85,6 +91,8 @@ class Probe:
         G = trainer.G_ema
         grid = self.sample(G, self.grid_z, self.grid_c)
         to_grid(grid, GRID_COLUMNS).save(folder / f"grid_{trainer.step:06d}.png")
+        raw = self.sample(trainer.G, self.grid_z, self.grid_c)
+        to_grid(raw, GRID_COLUMNS).save(folder / f"grid_raw_{trainer.step:06d}.png")
         fake = self.sample(G, self.check_z, self.check_c)
         fake = fake.view(len(render.SHAPES), CHECK_SAMPLES, -1)
         mean_dist = (fake.mean(dim=1) - self.real_mean).square().mean(dim=1).sqrt()
@@ -95,6 +103,22 @@ class Probe:
             "mean_rmse": [round(v, 4) for v in mean_dist.tolist()],
             "diversity": [round(v, 3) for v in diversity.tolist()],
         }
+        if self.predictor is not None and self.config.conditional:
+            flat = fake.view(-1, 3, self.config.size, self.config.size)
+            probs = self.predictor.predict(flat)["probs"]  # (C*n, C)
+            probs = probs.view(len(render.SHAPES), CHECK_SAMPLES, -1)
+            own = torch.stack([probs[k, :, k] for k in range(len(probs))])
+            result["class_hit"] = [
+                round(v, 3) for v in (own > 0.5).float().mean(dim=1).tolist()
+            ]
+            result["class_sure"] = [
+                round(v, 3) for v in (own >= 0.9).float().mean(dim=1).tolist()
+            ]
+            logger.info(
+                "predictor: per-class hit %s, sure %s",
+                result["class_hit"],
+                result["class_sure"],
+            )
         with open(folder / "checks.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")
         logger.info(
@@ -104,3 +128,15 @@ class Probe:
             result["diversity"],
         )
         return result
+
+
+def _try_predictor():
+    """The shipped shapes predictor, or ``None`` when it is not installed."""
+    from lclr.errors import CheckpointError
+
+    try:
+        from lclr_shapes.predictor import load_predictor
+
+        return load_predictor()
+    except (ImportError, CheckpointError):
+        return None

@@ -50,6 +50,20 @@ def build_generator(config: GanConfig) -> StyleGAN2:
     )
 
 
+def mode_seeking_ratio(img: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """How far apart pairs ``(i, i + N/2)`` of images are, per unit of z.
+
+    The mode-seeking term of MSGAN (Mao et al., 2019): mean absolute
+    image difference over mean absolute latent difference. A generator
+    that ignores z for some factor (every sample the same hue, say) has a
+    small ratio; G's loss adds ``weight / ratio``.
+    """
+    h = img.shape[0] // 2
+    d_img = (img[:h] - img[h : 2 * h]).abs().mean()
+    d_z = (z[:h] - z[h : 2 * h]).abs().mean()
+    return d_img / d_z
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -109,7 +123,7 @@ class Trainer:
         return img, F.one_hot(factors["shape"], self.c_dim).float()
 
     def generate(self, G: StyleGAN2, n: int, c: torch.Tensor | None):
-        """Images from random z with style mixing: ``(img, ws)``.
+        """Images from random z with style mixing: ``(img, ws, z)``.
 
         A sample is mixed with probability ``mixing``: from a random layer
         index on, its codes come from a second z of the same class.
@@ -127,7 +141,7 @@ class Trainer:
             w2 = G.mapping(z2, c)
             late = torch.arange(L).view(1, L, 1) >= cutoff.view(n, 1, 1)
             ws = torch.where(late, w2.unsqueeze(1), ws)
-        return G.synthesis(ws, noise_mode="random"), ws
+        return G.synthesis(ws, noise_mode="random"), ws, z
 
     def discriminate(self, img: torch.Tensor, c) -> torch.Tensor:
         """D's ``(N,)`` logits for augmented ``img``."""
@@ -149,7 +163,7 @@ class Trainer:
         real, c_real = self.real_batch()
         c_fake = self.sample_classes(n)
         with torch.no_grad():
-            fake, _ = self.generate(self.G, n, c_fake)
+            fake, _, _ = self.generate(self.G, n, c_fake)
         logits_fake = self.discriminate(fake, c_fake)
         logits_real = self.discriminate(real, c_real)
         loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
@@ -176,12 +190,20 @@ class Trainer:
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
         c_fake = self.sample_classes(n)
-        fake, _ = self.generate(self.G, n, c_fake)
+        if cfg.mode_seeking and c_fake is not None:
+            # pairs (i, i + N/2) share a class: N/2 classes, drawn twice
+            half = c_fake[: n // 2]
+            c_fake = torch.cat([half, half, c_fake[2 * (n // 2) :]])
+        fake, _, z = self.generate(self.G, n, c_fake)
         loss_g = F.softplus(-self.discriminate(fake, c_fake)).mean()
+        metrics["loss_g"] = loss_g.item()
+        if cfg.mode_seeking:
+            ratio = mode_seeking_ratio(fake, z)
+            loss_g = loss_g + cfg.mode_seeking / (ratio + 1e-5)
+            metrics["ms_ratio"] = ratio.item()
         self.opt_G.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_G.step()
-        metrics["loss_g"] = loss_g.item()
 
         # Lazy path length: keep |J^T y| of the synthesis constant.
         if cfg.pl_weight and self.step % cfg.pl_interval == 0:
@@ -196,7 +218,7 @@ class Trainer:
     def _path_length_step(self) -> float:
         cfg = self.config
         n = max(1, cfg.batch // 2)
-        fake, ws = self.generate(self.G, n, self.sample_classes(n))
+        fake, ws, _ = self.generate(self.G, n, self.sample_classes(n))
         noise = torch.randn(fake.shape, generator=self.gens["latent"])
         noise = noise / math.sqrt(fake.shape[2] * fake.shape[3])
         (grad,) = torch.autograd.grad((fake * noise).sum(), ws, create_graph=True)
@@ -351,7 +373,7 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
                 metrics_file.flush()
                 logger.info(
                     "step %d kimg %.1f min %.1f s/step %.3f loss_d %.3f "
-                    "loss_g %.3f d_real %.2f d_fake %.2f r1 %.4f",
+                    "loss_g %.3f d_real %.2f d_fake %.2f r1 %.4f ms %.3f",
                     trainer.step,
                     record["kimg"],
                     record["minutes"],
@@ -361,6 +383,7 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
                     record["d_real"],
                     record["d_fake"],
                     record["r1"],
+                    record.get("ms_ratio", float("nan")),
                 )
                 if not all(math.isfinite(record[k]) for k in ("loss_d", "loss_g")):
                     trainer.save(out)

@@ -1,0 +1,114 @@
+"""The GAN training recipe of lclr-shapes, on a tiny config in seconds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lclr.errors import RunFolderError
+from lclr_shapes.gan.augment import augment
+from lclr_shapes.gan.config import GanConfig
+from lclr_shapes.gan.networks import Discriminator
+from lclr_shapes.gan.train import (
+    CHECKPOINT,
+    load_checkpoint,
+    mode_seeking_ratio,
+    train,
+)
+
+
+def tiny(**changes) -> GanConfig:
+    """A config that trains a step in a fraction of a second."""
+    settings = dict(
+        size=16,
+        style_dim=16,
+        n_mlp=1,
+        g_channels={4: 8, 8: 8, 16: 8},
+        d_channels={4: 8, 8: 8, 16: 8},
+        batch=4,
+        r1_interval=2,
+        pl_weight=1.0,
+        pl_interval=2,
+        minutes=None,
+        steps=3,
+        log_every=1,
+        ema_kimg=0.01,
+    )
+    settings.update(changes)
+    return GanConfig(**settings)
+
+
+def test_discriminator_is_conditional_and_shaped():
+    D = Discriminator(16, {4: 8, 8: 8, 16: 8}, c_dim=4)
+    img = torch.randn(6, 3, 16, 16)
+    c = torch.eye(4)[[0, 1, 2, 3, 0, 1]]
+    out = D(img, c)
+    assert out.shape == (6,)
+    assert not torch.allclose(out, D(img, c.roll(1, dims=1)))
+
+
+def test_augment_keeps_shape_and_gradient():
+    x = torch.rand(5, 3, 16, 16, requires_grad=True)
+    gen = torch.Generator().manual_seed(0)
+    y = augment(x, ("translation", "cutout", "color"), 1.0, gen)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    same = augment(x, ("translation", "cutout"), 0.0, gen)
+    assert torch.equal(same, x)
+
+
+def test_mode_seeking_ratio_is_zero_for_a_generator_that_ignores_z():
+    z = torch.randn(6, 16)
+    same = torch.rand(1, 3, 8, 8).expand(6, -1, -1, -1)
+    assert mode_seeking_ratio(same, z) == 0
+    assert mode_seeking_ratio(torch.rand(6, 3, 8, 8), z) > 0
+
+
+def test_train_writes_checkpoint_and_finite_losses(tmp_path):
+    trainer = train(tiny(), tmp_path)
+    assert trainer.step == 3 and trainer.nimg == 12
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert math.isfinite(record["loss_d"]) and math.isfinite(record["loss_g"])
+    assert (tmp_path / CHECKPOINT).is_file()
+    assert list((tmp_path / "samples").glob("grid_*.png"))
+    assert load_checkpoint(tmp_path)["step"] == 3
+    with pytest.raises(RunFolderError):
+        train(tiny(), tmp_path)
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    torch.set_num_threads(1)
+    whole = train(tiny(steps=5), tmp_path / "whole")
+    train(tiny(steps=3), tmp_path / "split")
+    resumed = train(tiny(steps=5), tmp_path / "split", resume=True)
+    assert resumed.step == 5
+    for net in ("G", "D", "G_ema"):
+        a = getattr(whole, net).state_dict()
+        b = getattr(resumed, net).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+
+
+def test_export_is_a_loadable_stylegan2(tmp_path):
+    from lclr_shapes.gan.export import export
+    from lclr_stylegan2.loading import load_checkpoint as load_weights
+
+    train(tiny(steps=1), tmp_path / "run")
+    pt, info = export(tmp_path / "run", tmp_path / "out", name="tiny")
+    loaded = load_weights(pt)
+    assert loaded.model.c_dim == 4
+    assert loaded.meta["class_names"] == ["arrow", "ell", "heart", "crescent"]
+    assert loaded.latent_avg.shape == (16,)
+    facts = json.loads(info.read_text())
+    assert facts["steps"] == 1 and facts["images_seen"] == 4
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(RunFolderError, match="train first"):
+        load_checkpoint(tmp_path)
