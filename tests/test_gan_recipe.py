@@ -112,3 +112,11 @@ def test_export_is_a_loadable_stylegan2(tmp_path):
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(RunFolderError, match="train first"):
         load_checkpoint(tmp_path)
+
+
+def test_a_new_gan_run_never_writes_into_a_folder_holding_files(tmp_path):
+    # Found by trying it: train-gan once wrote into an lclr run folder.
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="not an empty folder"):
+        train(GanConfig(steps=1), tmp_path)
+    assert (tmp_path / "config.json").read_text() == "{}"

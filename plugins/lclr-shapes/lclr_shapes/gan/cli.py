@@ -49,7 +49,11 @@ def _log_to(path: Path, quiet: bool) -> None:
     "--pl-weight", type=float, default=None, help="Path-length weight [0: off]."
 )
 @click.option(
-    "--threads", type=int, default=2, show_default=True, help="torch CPU threads."
+    "--threads",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="torch CPU threads.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="Log to the folder only.")

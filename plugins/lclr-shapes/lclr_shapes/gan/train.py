@@ -337,6 +337,8 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
             raise RunFolderError(
                 f"{out} already holds a run; pass --resume or choose another --out"
             )
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise RunFolderError(f"{out} is not an empty folder; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(config)
         monitor.save_reals(out / "samples" / "reals.png", config)
