@@ -36,3 +36,10 @@ def tiny_config(**changes):
     )
     base.update(changes)
     return RunConfig(**base)
+
+
+def shapes_factors(n, seed=0):
+    """``n`` factor sets of the shapes world, drawn from ``seed``."""
+    from lclr_shapes.render import sample_factors
+
+    return sample_factors(n, torch.Generator().manual_seed(seed))

@@ -16,12 +16,7 @@ from lclr_shapes.evaluator import (
     score_matrix,
 )
 from lclr_shapes.options import ShapesEvalOptions
-from lclr_shapes.predictor import _weights_path
 from lclr_shapes.render import FACTORS, SHAPES, render
-
-needs_weights = pytest.mark.skipif(
-    not _weights_path().is_file(), reason="predictor weights not trained yet"
-)
 
 DIM = 8  # one code entry per factor, and one that does nothing
 
@@ -120,7 +115,6 @@ def test_options_validate():
         ShapesEvalOptions(random_baseline=-1)
 
 
-@needs_weights
 def test_one_factor_directions_are_pure_and_beat_random(tmp_path):
     opts = ShapesEvalOptions(samples=256, random_baseline=0)
     # x, hue, rotation, background: one code entry each
@@ -140,7 +134,6 @@ def test_one_factor_directions_are_pure_and_beat_random(tmp_path):
     assert random_summary["score"] < summary["score"] - 0.1
 
 
-@needs_weights
 def test_outputs_and_random_baseline(tmp_path):
     opts = ShapesEvalOptions(samples=256, random_baseline=1)
     run = FakeRun(_axes(0, 1, 2, 3, 4, 5, 6), alpha=1.5)

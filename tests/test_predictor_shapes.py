@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from conftest import shapes_factors as _factors
 
 from lclr.errors import CheckpointError
 from lclr_shapes.predictor import (
     FEATURE_DIM,
     FactorPredictor,
-    _weights_path,
     decode,
     encode_targets,
     evaluate_predictor,
@@ -20,15 +20,7 @@ from lclr_shapes.predictor import (
     save_predictor,
     train_predictor,
 )
-from lclr_shapes.render import SHAPES, render, sample_factors
-
-needs_weights = pytest.mark.skipif(
-    not _weights_path().is_file(), reason="predictor weights not trained yet"
-)
-
-
-def _factors(n, seed=0):
-    return sample_factors(n, torch.Generator().manual_seed(seed))
+from lclr_shapes.render import SHAPES, render
 
 
 def test_targets_round_trip():
@@ -91,7 +83,6 @@ def test_bad_weights_are_one_line_errors(tmp_path):
         load_predictor(tmp_path / "empty.pt")
 
 
-@needs_weights
 def test_shipped_predictor_is_accurate():
     torch.set_num_threads(1)
     figures = evaluate_predictor(load_predictor(), n=1000, seed=123)

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import shapes_factors as _factors
 
 from lclr.errors import ConfigError
 from lclr_shapes.plugin import shapes
-from lclr_shapes.predictor import _weights_path, load_predictor
+from lclr_shapes.predictor import load_predictor
 from lclr_shapes.quality import (
     ERROR_BOUND,
     frechet_distance,
@@ -18,15 +19,7 @@ from lclr_shapes.quality import (
     rerender_error,
     sample_source,
 )
-from lclr_shapes.render import render, sample_factors
-
-needs_weights = pytest.mark.skipif(
-    not _weights_path().is_file(), reason="predictor weights not trained yet"
-)
-
-
-def _factors(n, seed=0):
-    return sample_factors(n, torch.Generator().manual_seed(seed))
+from lclr_shapes.render import render
 
 
 def test_frechet_distance():
@@ -88,7 +81,6 @@ def test_stylegan2_source_is_class_conditional(tmp_path):
     assert set(asked.tolist()) <= {0, 1, 2, 3}
 
 
-@needs_weights
 def test_real_passes_noise_and_blends_fail():
     torch.set_num_threads(1)
     predictor = load_predictor()
@@ -116,7 +108,6 @@ def test_preview_command(tmp_path):
         assert image.size == (2 * (3 * 33 + 1), 2 * (2 * 33 + 1))
 
 
-@needs_weights
 def test_quality_command_writes_json(tmp_path):
     out = tmp_path / "q.json"
     result = CliRunner().invoke(

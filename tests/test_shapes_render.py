@@ -6,19 +6,15 @@ import math
 
 import pytest
 import torch
+from conftest import shapes_factors as _factors
 
 from lclr_shapes.render import (
     FACTORS,
     SHAPES,
     factor_names,
     render,
-    sample_factors,
     stream,
 )
-
-
-def _factors(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    return sample_factors(n, torch.Generator().manual_seed(seed))
 
 
 def _one(shape: int = 0, **kw: float) -> dict[str, torch.Tensor]:

@@ -133,16 +133,12 @@ def export_directions(folder: Path, tensors: dict, meta: dict[str, Any]) -> None
 
 def read_directions(folder: Path) -> tuple[dict, dict]:
     """The exported tensors and metadata of a run."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    from safetensors import SafetensorError, safe_open
 
     path = Path(folder) / DIRECTIONS
     try:
-        data = path.read_bytes()
-        tensors = load(data)
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # one read, no code
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
             meta = json.loads((f.metadata() or {}).get("lclr", "{}"))
     except FileNotFoundError:
         raise RunFolderError(f"{folder} has no {DIRECTIONS} yet") from None
