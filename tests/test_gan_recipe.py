@@ -120,3 +120,75 @@ def test_a_new_gan_run_never_writes_into_a_folder_holding_files(tmp_path):
     with pytest.raises(RunFolderError, match="not an empty folder"):
         train(GanConfig(steps=1), tmp_path)
     assert (tmp_path / "config.json").read_text() == "{}"
+
+
+def test_auxiliary_classifier_is_trained_only_when_weighted():
+    # D's AC-GAN head learns from real classes when class_loss > 0 and is
+    # left alone (no gradient ever reaches it) when it is 0.
+    from lclr_shapes.gan.train import Trainer
+
+    for weight in (1.0, 0.0):
+        trainer = Trainer(tiny(steps=None, class_loss=weight))
+        before = trainer.D.classify.weight.detach().clone()
+        metrics = trainer.train_step()
+        moved = not torch.equal(before, trainer.D.classify.weight)
+        assert moved == bool(weight)
+        assert ("cls_real" in metrics and "cls_fake" in metrics) == bool(weight)
+        if weight:
+            assert 0 < metrics["cls_real"] < 10 and 0 < metrics["cls_fake"] < 10
+
+
+def test_discriminator_class_head_shape():
+    D = Discriminator(16, {4: 8, 8: 8, 16: 8}, c_dim=4)
+    logits, cls = D(torch.randn(3, 3, 16, 16), torch.eye(4)[:3], with_class=True)
+    assert logits.shape == (3,) and cls.shape == (3, 4)
+
+
+def test_command_line_refuses_a_full_folder_without_touching_it(tmp_path):
+    # Found by trying it: the command opened train.log in --out before
+    # checking it, so every new run refused its own log file, and a full
+    # folder got a stray log.
+    from click.testing import CliRunner
+
+    from lclr_shapes.gan.cli import train_gan
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(train_gan, ["--out", str(full), "--steps", "1"])
+    assert result.exit_code != 0
+    assert sorted(p.name for p in full.iterdir()) == ["notes.txt"]
+    nothing = tmp_path / "nothing"
+    result = CliRunner().invoke(train_gan, ["--out", str(nothing), "--resume"])
+    assert result.exit_code != 0 and not nothing.exists()
+
+
+def test_python_m_entry_point_reports_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "a").write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lclr_shapes.gan.train", "--out", str(full)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {full} is not an empty folder; choose another --out"
+    ]
+
+
+def test_resume_drops_the_log_rows_written_after_the_checkpoint(tmp_path):
+    # Found in the 85-minute run: rows logged between the last checkpoint
+    # and a kill were logged again after the resume (steps 8150-8550 twice).
+    train(tiny(steps=3), tmp_path)
+    metrics = tmp_path / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write(json.dumps({"step": 4, "loss_d": 0.0}) + "\n")
+        f.write('{"step": 5, "lo')  # cut short by the kill
+    train(tiny(steps=5), tmp_path, resume=True)
+    steps = [json.loads(line)["step"] for line in metrics.open()]
+    assert steps == [1, 2, 3, 4, 5]

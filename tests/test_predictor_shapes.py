@@ -89,3 +89,19 @@ def test_shipped_predictor_is_accurate():
     assert figures["class_accuracy"] >= 0.98
     for name, value in figures["r2"].items():
         assert value >= 0.95, name
+
+
+def test_train_predictor_refuses_to_overwrite_before_training(tmp_path):
+    # Found in review: the command trained for minutes, then silently
+    # replaced whatever file --out named.
+    from click.testing import CliRunner
+
+    from lclr.cli import cli
+
+    out = tmp_path / "mine.pt"
+    out.write_bytes(b"precious")
+    result = CliRunner().invoke(
+        cli, ["shapes", "train-predictor", "--out", str(out), "--steps", "1"]
+    )
+    assert result.exit_code != 0 and "--force" in result.output
+    assert out.read_bytes() == b"precious"

@@ -117,3 +117,13 @@ def test_quality_command_writes_json(tmp_path):
     assert "overall" in result.output
     report = json.loads(out.read_text())
     assert report["source"] == "real" and report["n"] == 100
+
+
+def test_quality_command_exits_1_when_the_source_fails(tmp_path):
+    # Noise fails the bar: the report is printed and written, the status is 1.
+    out = tmp_path / "noise.json"
+    result = CliRunner().invoke(
+        shapes, ["quality", "--source", "noise", "-n", "100", "--json", str(out)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and json.loads(out.read_text())["pass"] is False

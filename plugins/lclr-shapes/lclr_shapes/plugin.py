@@ -49,14 +49,15 @@ def shapes():
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
-def train_predictor(out, steps, batch_size, seed, threads):
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def train_predictor(out, steps, batch_size, seed, threads, force):
     """Train the factor predictor from scratch and measure it held out."""
     from lclr.errors import ConfigError
     from lclr_shapes.predictor import train_and_save
 
     if steps < 1 or batch_size < 2 or threads < 1:
         raise ConfigError("--steps and --threads must be >= 1, --batch-size >= 2")
-    report = train_and_save(out, steps, batch_size, seed, threads)
+    report = train_and_save(out, steps, batch_size, seed, threads, replace=force)
     held = report["held_out"]
     click.echo(f"class accuracy  {held['class_accuracy']:.4f}")
     for name, value in held["r2"].items():
@@ -89,7 +90,10 @@ def train_predictor(out, steps, batch_size, seed, threads):
     help="Also write the full report here.",
 )
 def quality(weights, n, seed, source, predictor, json_path):
-    """Measure a generator against the shapes world's quality bar."""
+    """Measure a generator against the shapes world's quality bar.
+
+    Exits with status 1 when the source fails the bar.
+    """
     import json
 
     from lclr.errors import ConfigError
@@ -106,6 +110,9 @@ def quality(weights, n, seed, source, predictor, json_path):
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"report        {json_path}")
+    if not report["pass"]:
+        # a measurement, not an error: the report is out, the status says FAIL
+        raise SystemExit(1)
 
 
 @shapes.command("preview")

@@ -324,9 +324,20 @@ def train_and_save(
     seed: int = 0,
     threads: int = 1,
     eval_n: int = 5000,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """The whole recipe: train, measure on held-out renders, write
-    ``out`` (weights) and ``out`` with suffix ``.json`` (figures, recipe)."""
+    ``out`` (weights) and ``out`` with suffix ``.json`` (figures, recipe).
+
+    Refuses, before training, to overwrite either file unless ``replace``.
+    """
+    from lclr.errors import RunFolderError
+
+    for path in (Path(out), Path(out).with_suffix(".json")):
+        if path.exists() and not replace:
+            raise RunFolderError(
+                f"{path} already exists; choose another --out or pass --force"
+            )
     torch.set_num_threads(threads)
     start = time.time()
     model = train_predictor(steps=steps, batch_size=batch_size, seed=seed)
@@ -361,19 +372,31 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--batch-size", type=int, default=64)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=1)
+    tr.add_argument("--force", action="store_true", help="replace --out")
     ev = sub.add_parser("evaluate", help="measure held-out accuracy")
     ev.add_argument("--weights", default=None)
     ev.add_argument("-n", type=int, default=5000)
     ev.add_argument("--seed", type=int, default=EVAL_SEED)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.verb == "train":
-        report = train_and_save(
-            args.out, args.steps, args.batch_size, args.seed, args.threads
-        )
-    else:
-        torch.set_num_threads(1)
-        report = evaluate_predictor(load_predictor(args.weights), args.n, args.seed)
+    from lclr.errors import LclrError
+
+    try:
+        if args.verb == "train":
+            report = train_and_save(
+                args.out,
+                args.steps,
+                args.batch_size,
+                args.seed,
+                args.threads,
+                replace=args.force,
+            )
+        else:
+            torch.set_num_threads(1)
+            weights = load_predictor(args.weights)
+            report = evaluate_predictor(weights, args.n, args.seed)
+    except LclrError as exc:
+        parser.exit(exc.exit_code, f"Error: {exc}\n")
     print(json.dumps(report, indent=2))
 
 

@@ -9,9 +9,36 @@ directly. Heavy imports happen inside the commands.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import click
+
+
+def main(command: click.Command, prog_name: str) -> None:
+    """Run ``command`` as a program: lclr's errors end in one line.
+
+    The same handling ``lclr`` gives its commands, for ``python -m``.
+    """
+    from lclr.errors import LclrError
+
+    try:
+        command.main(prog_name=prog_name, standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("Error: interrupted", err=True)
+        sys.exit(130)
+    except LclrError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(6)
 
 
 def _log_to(path: Path, quiet: bool) -> None:
@@ -35,13 +62,18 @@ def _log_to(path: Path, quiet: bool) -> None:
     help="Run folder for checkpoints, logs and samples.",
 )
 @click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=11_000,
+    show_default=True,
+    help="Total steps, over all resumes.",
+)
+@click.option(
     "--minutes",
     type=float,
-    default=85.0,
-    show_default=True,
-    help="Total training wall time, over all resumes.",
+    default=None,
+    help="Also stop after this much training wall time (optional).",
 )
-@click.option("--steps", type=int, default=None, help="Total steps (optional).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="[default: 32]")
 @click.option("--r1-gamma", type=float, default=None, help="R1 weight [0.1].")
@@ -74,8 +106,14 @@ def train_gan(
         config = GanConfig(minutes=minutes, steps=steps, seed=seed, **given)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
+
+    if resume:
+        load_checkpoint(out)  # one clear line when there is nothing to resume
+    else:
+        check_new_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    _log_to(out / "train.log", quiet)
+    _log_to(out / LOG, quiet)
     trainer = train(config, out, resume=resume)
     click.echo(
         f"{trainer.step} steps, {trainer.nimg / 1000:.1f} kimg, "

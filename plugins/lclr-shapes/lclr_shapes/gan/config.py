@@ -60,6 +60,10 @@ class GanConfig:
     """G steps between lazy path-length steps."""
     mixing: float = attrs.field(default=0.9, validator=_probability)
     """Probability of style mixing for each generated sample."""
+    class_loss: float = 1.0
+    """Weight of the auxiliary classification loss (AC-GAN, Odena et al.,
+    2017) of a conditional run: D's classifier learns the class of real
+    images, G pays its cross-entropy on the asked class; 0 turns it off."""
     mode_seeking: float = 1.0
     """Weight of MSGAN's mode-seeking term (0 turns it off): G pays
     ``weight / ratio`` where ratio is the image distance of two samples of
@@ -78,9 +82,10 @@ class GanConfig:
     """Group size of the minibatch standard-deviation layer."""
     seed: int = 0
     """Seeds every random stream of the run."""
-    minutes: float | None = attrs.field(default=85.0, validator=_positive)
-    """Stop after this much training wall time (in total, over resumes)."""
-    steps: int | None = attrs.field(default=None, validator=_positive)
+    minutes: float | None = attrs.field(default=None, validator=_positive)
+    """Also stop after this much training wall time (in total, over
+    resumes); a time limit makes the result depend on the machine."""
+    steps: int | None = attrs.field(default=11_000, validator=_positive)
     """Stop after this many steps (in total)."""
     checkpoint_minutes: float = 5.0
     """Wall time between checkpoints."""

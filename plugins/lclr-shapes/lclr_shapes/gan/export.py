@@ -119,6 +119,6 @@ def export(
 
 
 if __name__ == "__main__":
-    from lclr_shapes.gan.cli import export_gan
+    from lclr_shapes.gan.cli import export_gan, main
 
-    export_gan(prog_name="python -m lclr_shapes.gan.export")
+    main(export_gan, "python -m lclr_shapes.gan.export")

@@ -117,18 +117,33 @@ class Discriminator(nn.Module):
         self.cmap_dim = cmap_dim if c_dim else 1
         self.out = EqLinear(ch, self.cmap_dim)
         self.embed = EqLinear(c_dim, cmap_dim) if c_dim else None
+        # an auxiliary classifier of the class (AC-GAN), on the same features
+        self.classify = EqLinear(ch, c_dim) if c_dim else None
 
-    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None):
+    def forward(
+        self,
+        img: torch.Tensor,
+        c: torch.Tensor | None = None,
+        with_class: bool = False,
+    ):
         """``(N, 3, H, W)`` images in [-1, 1] and ``(N, c_dim)`` one-hot
-        classes -> ``(N,)`` logits (real > 0)."""
+        classes -> ``(N,)`` logits (real > 0).
+
+        With ``with_class`` (conditional D only) it returns a pair: the
+        logits and the ``(N, c_dim)`` class logits of the auxiliary
+        classifier.
+        """
         x = lrelu(self.from_rgb(img))
         for block in self.blocks:
             x = block(x)
         x = minibatch_stddev(x, self.mbstd_group)  # (N, C+1, 4, 4)
         x = lrelu(self.conv(x))
-        x = lrelu(self.fc(x.flatten(1)))  # (N, C)
-        x = self.out(x)  # (N, cmap_dim)
+        h = lrelu(self.fc(x.flatten(1)))  # (N, C)
+        x = self.out(h)  # (N, cmap_dim)
         if self.embed is None:
             return x[:, 0]
         cmap = self.embed(c)  # (N, cmap_dim)
-        return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+        logits = (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+        if with_class:
+            return logits, self.classify(h)
+        return logits

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 """Name of the training state inside a run folder."""
+LOG = "train.log"
+"""Name of the log file the command line writes into a run folder."""
 
 
 def build_generator(config: GanConfig) -> StyleGAN2:
@@ -143,11 +145,15 @@ class Trainer:
             ws = torch.where(late, w2.unsqueeze(1), ws)
         return G.synthesis(ws, noise_mode="random"), ws, z
 
-    def discriminate(self, img: torch.Tensor, c) -> torch.Tensor:
-        """D's ``(N,)`` logits for augmented ``img``."""
+    def discriminate(self, img: torch.Tensor, c, with_class: bool = False):
+        """D's ``(N,)`` logits for augmented ``img`` (and, ``with_class``,
+        its auxiliary classifier's ``(N, C)`` class logits)."""
         cfg = self.config
         img = augment(img, cfg.augment, cfg.augment_p, self.gens["augment"])
-        return self.D(img, c)
+        return self.D(img, c, with_class=with_class)
+
+    def _with_class(self) -> bool:
+        return bool(self.c_dim and self.config.class_loss)
 
     # One step ---------------------------------------------------------------
 
@@ -165,8 +171,16 @@ class Trainer:
         with torch.no_grad():
             fake, _, _ = self.generate(self.G, n, c_fake)
         logits_fake = self.discriminate(fake, c_fake)
-        logits_real = self.discriminate(real, c_real)
-        loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        loss_d = F.softplus(logits_fake).mean()
+        if self._with_class():
+            # AC-GAN: D also learns to name the class of real images
+            logits_real, cls = self.discriminate(real, c_real, with_class=True)
+            loss_cls = F.cross_entropy(cls, c_real.argmax(dim=1))
+            loss_d = loss_d + cfg.class_loss * loss_cls
+            metrics["cls_real"] = loss_cls.item()
+        else:
+            logits_real = self.discriminate(real, c_real)
+        loss_d = loss_d + F.softplus(-logits_real).mean()
         self.opt_D.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_D.step()
@@ -195,8 +209,17 @@ class Trainer:
             half = c_fake[: n // 2]
             c_fake = torch.cat([half, half, c_fake[2 * (n // 2) :]])
         fake, _, z = self.generate(self.G, n, c_fake)
-        loss_g = F.softplus(-self.discriminate(fake, c_fake)).mean()
-        metrics["loss_g"] = loss_g.item()
+        if self._with_class():
+            # ... and G learns to draw what D names as the asked class
+            logits, cls = self.discriminate(fake, c_fake, with_class=True)
+            loss_g = F.softplus(-logits).mean()
+            metrics["loss_g"] = loss_g.item()
+            loss_cls = F.cross_entropy(cls, c_fake.argmax(dim=1))
+            loss_g = loss_g + cfg.class_loss * loss_cls
+            metrics["cls_fake"] = loss_cls.item()
+        else:
+            loss_g = F.softplus(-self.discriminate(fake, c_fake)).mean()
+            metrics["loss_g"] = loss_g.item()
         if cfg.mode_seeking:
             ratio = mode_seeking_ratio(fake, z)
             loss_g = loss_g + cfg.mode_seeking / (ratio + 1e-5)
@@ -304,6 +327,37 @@ def load_checkpoint(folder: str | Path) -> dict:
     return state
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep only the JSON lines of ``path`` whose ``step`` is <= ``step``."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] > step:
+                continue
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the interruption
+        kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def check_new_folder(out: Path) -> None:
+    """Refuse ``out`` for a new run unless it is missing or empty.
+
+    A log file the command line opened there before calling :func:`train`
+    does not count.
+    """
+    if (out / CHECKPOINT).exists():
+        raise RunFolderError(
+            f"{out} already holds a run; pass --resume or choose another --out"
+        )
+    if out.exists() and (not out.is_dir() or any(p.name != LOG for p in out.iterdir())):
+        raise RunFolderError(f"{out} is not an empty folder; choose another --out")
+
+
 def _done(trainer: Trainer) -> bool:
     cfg = trainer.config
     if cfg.steps is not None and trainer.step >= cfg.steps:
@@ -332,13 +386,11 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
         trainer = Trainer(config)
         trainer.load_state_dict(state)
         logger.info("resumed at step %d (%.1f min)", trainer.step, trainer.elapsed / 60)
+        # rows written after the checkpoint are about to be written again
+        for log in (out / "metrics.jsonl", out / "samples" / "checks.jsonl"):
+            _drop_rows_after(log, trainer.step)
     else:
-        if (out / CHECKPOINT).exists():
-            raise RunFolderError(
-                f"{out} already holds a run; pass --resume or choose another --out"
-            )
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise RunFolderError(f"{out} is not an empty folder; choose another --out")
+        check_new_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(config)
         monitor.save_reals(out / "samples" / "reals.png", config)
@@ -415,6 +467,6 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
 
 
 if __name__ == "__main__":
-    from lclr_shapes.gan.cli import train_gan
+    from lclr_shapes.gan.cli import main, train_gan
 
-    train_gan(prog_name="python -m lclr_shapes.gan.train")
+    main(train_gan, "python -m lclr_shapes.gan.train")
