@@ -7,7 +7,7 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PLUGINS := plugins/lclr-stylegan2 plugins/lclr-directions \
-           plugins/lclr-contrastive plugins/lclr-shapes
+           plugins/lclr-contrastive plugins/lclr-shapes plugins/lclr-biggan
 TESTKIT := tests/plugins/lclr-toy
 
 .PHONY: setup run test lint docs clean

@@ -15,6 +15,22 @@ import torch
 from torch import nn
 
 
+def random_stream(
+    seed: int | None = None, generator: torch.Generator | None = None
+) -> torch.Generator:
+    """The stream :meth:`Generator.sample_latent` draws from: ``generator``
+    when given, else a fresh one seeded with ``seed`` (or from the OS when
+    ``seed`` is None); never the global RNG state."""
+    if generator is not None:
+        return generator
+    stream = torch.Generator()
+    if seed is None:
+        stream.seed()
+    else:
+        stream.manual_seed(seed)
+    return stream
+
+
 class Generator(nn.Module, abc.ABC):
     """A frozen, pre-trained generator.
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lclr.errors import CheckpointError, ConfigError, UnknownComponentError, choices
-from lclr.interfaces import Generator
+from lclr.interfaces import Generator, random_stream
 
 from .loading import EMBEDDED_WEIGHTS, architecture, load_checkpoint
 from .model import StyleGAN2
@@ -171,12 +171,7 @@ class StyleGAN2Generator(Generator):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """``(N, D)`` codes: z, or truncated w = mapping(z); no gradient."""
-        if generator is None:
-            generator = torch.Generator()
-            if seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(seed)
+        generator = random_stream(seed, generator)
         device = self.latent_avg.device
         z = torch.randn(
             n, self.latent_dim, generator=generator, device=generator.device

@@ -1,0 +1,91 @@
+"""ImageNet class lookup by index, WordNet id or name, without network.
+
+The table ``imagenet_classes.tsv`` ships with the plugin: one line per class
+in index order, its WordNet id and its WordNet lemmas (the first is the name
+shown). A name matches any lemma, ignoring case, underscores and spacing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.resources
+
+from lclr.errors import ConfigError
+
+TABLE = "imagenet_classes.tsv"
+IMAGENET_CLASSES = 1000
+
+
+@functools.cache
+def imagenet_classes() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``(wordnet_id, lemmas)`` of each ImageNet class, in index order."""
+    text = importlib.resources.files(__package__).joinpath(TABLE).read_text("utf-8")
+    rows = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        index, wnid, names = line.split("\t")
+        assert int(index) == len(rows), f"{TABLE} is out of order at {index}"
+        rows.append((wnid, tuple(n.strip() for n in names.split(","))))
+    return tuple(rows)
+
+
+def class_name(index: int) -> str:
+    """The shown name of ImageNet class ``index``, e.g. ``'tench'``."""
+    return imagenet_classes()[index][1][0]
+
+
+def _key(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+@functools.cache
+def _lemma_index() -> dict[str, tuple[int, ...]]:
+    """Normalised lemma -> the classes that have it (a few have two)."""
+    table: dict[str, list[int]] = {}
+    for i, (wnid, names) in enumerate(imagenet_classes()):
+        for name in (wnid, *names):
+            table.setdefault(_key(name), []).append(i)
+    return {k: tuple(dict.fromkeys(v)) for k, v in table.items()}
+
+
+def _listing(indices) -> str:
+    return ", ".join(f"{class_name(i)} ({i})" for i in indices)
+
+
+def resolve_class(label: int | str, num_classes: int = IMAGENET_CLASSES) -> int:
+    """The class index for ``label``: an index, a digit string, a WordNet id
+    or a name. Raises :class:`ConfigError` with close matches otherwise."""
+    if isinstance(label, str) and label.strip().isdigit():
+        label = int(label)
+    if isinstance(label, bool) or not isinstance(label, (int, str)):
+        raise ConfigError(f"class must be an index or a name, got {label!r}")
+    if isinstance(label, int):
+        if 0 <= label < num_classes:
+            return label
+        raise ConfigError(
+            f"class {label} is out of range; these weights have classes "
+            f"0-{num_classes - 1}"
+        )
+    if num_classes != IMAGENET_CLASSES:
+        raise ConfigError(
+            f"class names are ImageNet's; these weights have {num_classes} "
+            f"classes, so give an index 0-{num_classes - 1}"
+        )
+    key = _key(label)
+    lemmas = _lemma_index()
+    found = lemmas.get(key, ())
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ConfigError(
+            f"class {label!r} is ambiguous: {_listing(found)}; give the index"
+        )
+    near = [name for name in lemmas if key and key in name][:5]
+    near += difflib.get_close_matches(key, list(lemmas), n=5, cutoff=0.6)
+    indices = list(dict.fromkeys(i for name in near for i in lemmas[name]))[:5]
+    hint = f"close matches: {_listing(indices)}" if indices else "no close match"
+    raise ConfigError(
+        f"unknown ImageNet class {label!r}; {hint}; or give an index 0-999"
+    )
