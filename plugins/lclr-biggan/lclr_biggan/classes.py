@@ -1,4 +1,7 @@
-"""ImageNet class lookup by index, WordNet id or name, without network.
+"""Class lookup by index or name, without network.
+
+Weights whose ``config.json`` lists ``class_names`` are looked up by those
+names; others by ImageNet's.
 
 The table ``imagenet_classes.tsv`` ships with the plugin: one line per class
 in index order, its WordNet id and its WordNet lemmas (the first is the name
@@ -10,6 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.resources
+from collections.abc import Sequence
 
 from lclr.errors import ConfigError
 
@@ -54,9 +58,33 @@ def _listing(indices) -> str:
     return ", ".join(f"{class_name(i)} ({i})" for i in indices)
 
 
-def resolve_class(label: int | str, num_classes: int = IMAGENET_CLASSES) -> int:
-    """The class index for ``label``: an index, a digit string, a WordNet id
-    or a name. Raises :class:`ConfigError` with close matches otherwise."""
+def _own_class(label: str, names: Sequence[str]) -> int:
+    """The index of ``label`` among the weights' own ``names``."""
+    keys = [_key(name) for name in names]
+    key = _key(label)
+    if key in keys:
+        return keys.index(key)
+    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    near += [k for k in keys if key and (key in k or k in key)]
+    listing = ", ".join(
+        f"{names[i]} ({i})" for i in dict.fromkeys(map(keys.index, near))
+    )
+    hint = f"close matches: {listing}" if near else "no close match"
+    every = ", ".join(names)
+    raise ConfigError(f"unknown class {label!r}; {hint}; these weights have: {every}")
+
+
+def resolve_class(
+    label: int | str,
+    num_classes: int = IMAGENET_CLASSES,
+    names: Sequence[str] | None = None,
+) -> int:
+    """The class index for ``label``: an index, a digit string, or a name.
+
+    Names are the weights' own ``names`` when given (one per class), else
+    ImageNet's, WordNet ids included. Raises :class:`ConfigError` with
+    close matches otherwise.
+    """
     if isinstance(label, str) and label.strip().isdigit():
         label = int(label)
     if isinstance(label, bool) or not isinstance(label, (int, str)):
@@ -68,6 +96,8 @@ def resolve_class(label: int | str, num_classes: int = IMAGENET_CLASSES) -> int:
             f"class {label} is out of range; these weights have classes "
             f"0-{num_classes - 1}"
         )
+    if names:
+        return _own_class(label, names)
     if num_classes != IMAGENET_CLASSES:
         raise ConfigError(
             f"class names are ImageNet's; these weights have {num_classes} "

@@ -1,10 +1,11 @@
 """BigGAN-deep as an lclr :class:`~lclr.interfaces.Generator`.
 
-Edits live in Z. A generator draws one class, chosen by ImageNet index or
-name, and one truncation psi: codes are sampled from a normal truncated to
-[-2, 2] and scaled by psi, and the batch norms use the statistics stored for
-psi. Codes are ``(N, D)``, one z for every block, or ``(N, L, D)`` with one z
-for ``gen_z`` and one per block, so an edit can go to chosen blocks only.
+Edits live in Z. A generator draws one class, chosen by index or name
+(ImageNet's, or the weights' own ``class_names``), and one truncation psi:
+codes are sampled from a normal truncated to [-2, 2] and scaled by psi, and
+the batch norms use the statistics stored for psi. Codes are ``(N, D)``,
+one z for every block, or ``(N, L, D)`` with one z for ``gen_z`` and one per
+block, so an edit can go to chosen blocks only.
 The targetable layers are the entries of the network's ``layers`` list:
 every block and the self-attention, ``layers.0``, ``layers.1``, ...
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +24,13 @@ from lclr.errors import CheckpointError, ConfigError, UnknownComponentError
 from lclr.interfaces import Generator, random_stream
 
 from .classes import IMAGENET_CLASSES, class_name, resolve_class
-from .loading import LAYOUT, load_biggan
+from .loading import (
+    CONFIG_NAME,
+    EMBEDDED_WEIGHTS,
+    LAYOUT,
+    WEIGHTS_NAME,
+    load_biggan,
+)
 from .model import BigGAN, layer_shapes
 
 #: Codes are drawn from a standard normal cut at +-TRUNCATION_BOUND.
@@ -52,8 +59,9 @@ def truncated_normal(
 class BigGANGenerator(Generator):
     """A frozen BigGAN-deep for one class at one truncation psi.
 
-    ``class_label`` is an ImageNet index, WordNet id or class name (names
-    need the 1000-class weights). ``truncation`` is psi in (0, 1].
+    ``class_label`` is an index or a name: one of ``class_names`` when the
+    weights name their classes, else an ImageNet WordNet id or name (for
+    1000-class weights). ``truncation`` is psi in (0, 1].
     """
 
     def __init__(
@@ -63,6 +71,7 @@ class BigGANGenerator(Generator):
         truncation: float = 0.4,
         class_label: int | str = 0,
         info: Mapping[str, Any] | None = None,
+        class_names: Sequence[str] = (),
     ):
         super().__init__()
         if not 0.0 < truncation <= 1.0:
@@ -73,7 +82,8 @@ class BigGANGenerator(Generator):
         self.num_codes = model.num_codes
         self.truncation = float(truncation)
         num_classes = model.config.num_classes
-        self.class_index = resolve_class(class_label, num_classes)
+        self.class_names = tuple(class_names)
+        self.class_index = resolve_class(class_label, num_classes, self.class_names)
         one_hot = F.one_hot(torch.tensor(self.class_index), num_classes).float()
         self.register_buffer("class_vector", one_hot, persistent=False)  # (C,)
         self.info = dict(info or {})
@@ -116,7 +126,9 @@ class BigGANGenerator(Generator):
             "truncation": self.truncation,
             "class_index": self.class_index,
         }
-        if self.model.config.num_classes == IMAGENET_CLASSES:
+        if self.class_names:
+            facts["class_name"] = self.class_names[self.class_index]
+        elif self.model.config.num_classes == IMAGENET_CLASSES:
             facts["class_name"] = class_name(self.class_index)
         facts.update(self.info)
         return facts
@@ -168,17 +180,24 @@ def load_generator(
 ) -> BigGANGenerator:
     """A :class:`BigGANGenerator` from a weights folder.
 
-    There is no embedded default yet: ``weights=None`` is an error that says
-    what to pass.
+    ``weights=None`` takes the embedded default (:data:`EMBEDDED_WEIGHTS`,
+    the shapes world's generator) when it is installed, and is otherwise an
+    error that says what to pass.
     """
     if weights is None:
-        raise CheckpointError(
-            f"biggan has no embedded default weights yet; pass --weights with {LAYOUT}"
-        )
+        if not all(
+            (EMBEDDED_WEIGHTS / n).is_file() for n in (CONFIG_NAME, WEIGHTS_NAME)
+        ):
+            raise CheckpointError(
+                "biggan has no embedded default weights yet; "
+                f"pass --weights with {LAYOUT}"
+            )
+        weights = EMBEDDED_WEIGHTS
     loaded = load_biggan(weights)
     return BigGANGenerator(
         loaded.model,
         truncation=truncation,
         class_label=class_label,
         info=loaded.info,
+        class_names=loaded.class_names,
     )

@@ -33,6 +33,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "pytorch_model.bin"
 SN_SUFFIXES = ("weight_orig", "weight_u", "weight_v")
 LAYOUT = f"a folder with {CONFIG_NAME} and {WEIGHTS_NAME} (pytorch-pretrained-biggan)"
+#: The embedded default, trained on the shapes world (when it is installed).
+EMBEDDED_WEIGHTS = Path(__file__).parent / "weights" / "shapes32"
 
 
 def weights_folder(path: str | os.PathLike) -> Path:
@@ -82,6 +84,28 @@ def read_config(path: str | os.PathLike) -> BigGANConfig:
     if problems:
         raise CheckpointError(f"{path} is not a BigGAN-deep config: {problems[0]}")
     return config
+
+
+def read_class_names(path: str | os.PathLike, num_classes: int) -> tuple[str, ...]:
+    """The ``class_names`` a ``config.json`` records, or ``()`` if none.
+
+    Weights trained on other data than ImageNet name their classes there,
+    one per class, in index order.
+    """
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    names = raw.get("class_names")
+    if names is None:
+        return ()
+    if (
+        not isinstance(names, list)
+        or len(names) != num_classes
+        or not all(isinstance(n, str) and n.strip() for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise CheckpointError(
+            f"{path}: class_names must list {num_classes} distinct names, one per class"
+        )
+    return tuple(names)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -177,16 +201,20 @@ class Loaded:
     model: BigGAN
     config: BigGANConfig
     info: dict[str, Any]
+    class_names: tuple[str, ...] = ()
 
 
 def load_biggan(path: str | os.PathLike) -> Loaded:
     """The network in the weights folder ``path``, frozen, in eval mode."""
     folder = weights_folder(path)
     config = read_config(folder / CONFIG_NAME)
+    names = read_class_names(folder / CONFIG_NAME, config.num_classes)
     state = read_state_dict(folder / WEIGHTS_NAME)
     model = BigGAN(config)
     check_state_dict(state, model, str(folder))
     model.load_state_dict(fold_spectral_norm(state, spectral_prefixes(model)))
     model.requires_grad_(False).eval()
     info = {"weights": str(folder), "config": attrs.asdict(config)}
-    return Loaded(model, config, info)
+    if names:
+        info["class_names"] = list(names)
+    return Loaded(model, config, info, names)

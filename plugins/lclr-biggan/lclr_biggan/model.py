@@ -1,15 +1,17 @@
-"""The BigGAN-deep generator in plain PyTorch, for inference.
+"""The BigGAN-deep generator in plain PyTorch.
 
 Module and buffer names follow the state dicts of the ``pytorch-pretrained-
 biggan`` distribution, so its files load key for key (``loading`` folds the
 spectral norm into plain weights first). Differences from that package, none
-of which changes an output:
+of which changes an eval-mode output:
 
 - spectral normalisation is applied once, at load, as its eval mode does,
   instead of by a hook at every forward;
 - every block takes its own latent code, so an edit can reach chosen blocks
   only; the same code everywhere is the original network;
-- the forward can stop after any block and compute nothing past it.
+- the forward can stop after any block and compute nothing past it;
+- in training mode the batch norms use the batch's statistics, so the
+  network can be trained (``training`` adds the spectral norm for that).
 
 Shapes: N samples, D = ``z_dim``, C classes, L = 1 + number of blocks codes.
 """
@@ -92,7 +94,8 @@ def stats_for_truncation(
 
 
 class ClassBatchNorm(nn.Module):
-    """Batch norm with stored per-truncation statistics.
+    """Batch norm with stored per-truncation statistics (in eval mode; in
+    training mode, the batch's statistics).
 
     Conditional (inside blocks): gain ``1 + scale(cond)`` and bias
     ``offset(cond)`` from the block's condition vector. Otherwise (the final
@@ -115,6 +118,16 @@ class ClassBatchNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, truncation: float, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if self.training:
+            # the batch's own statistics (biased variance); the stored ones
+            # are left alone, to be measured per truncation after training
+            if not self.conditional:
+                return F.batch_norm(
+                    x, None, None, self.weight, self.bias, training=True, eps=self.eps
+                )
+            x = F.batch_norm(x, None, None, training=True, eps=self.eps)
+            gain = 1 + self.scale(cond)[:, :, None, None]  # (N, C, 1, 1)
+            return x * gain + self.offset(cond)[:, :, None, None]
         mean, var = stats_for_truncation(
             self.running_means, self.running_vars, truncation
         )

@@ -37,7 +37,10 @@ class BigGANOptions:
     class_label: int | str = attrs.field(
         default=0,
         validator=_label,
-        metadata={"help": "ImageNet class: index, WordNet id or name"},
+        metadata={
+            "help": "class: index or name (the weights' own names, else "
+            "ImageNet's: WordNet id or name)"
+        },
     )
 
 
@@ -58,5 +61,6 @@ def lclr_register_generators(register):
         "biggan",
         create_biggan,
         options=BigGANOptions,
-        summary="BigGAN-deep (per-block z), plain PyTorch; needs --weights",
+        summary="BigGAN-deep (per-block z), plain PyTorch; --weights or the "
+        "embedded shapes default",
     )

@@ -68,18 +68,28 @@ def train_predictor(out, steps, batch_size, seed, threads, force):
 @shapes.command("quality")
 @click.option(
     "--weights",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     default=None,
-    help="StyleGAN2 checkpoint [default: the embedded one].",
+    help="StyleGAN2 checkpoint or BigGAN weights folder [default: the "
+    "generator's embedded one].",
 )
 @click.option("-n", "n", type=int, default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--source",
-    type=click.Choice(["stylegan2", "real", "noise", "blend"]),
+    "--generator",
+    "source",
+    type=click.Choice(["stylegan2", "biggan", "real", "noise", "blend"]),
     default="stylegan2",
     show_default=True,
-    help="What to measure: the generator, or a reference source.",
+    help="What to measure: a generator, or a reference source.",
+)
+@click.option(
+    "--truncation",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="psi of a biggan source (codes and batch-norm statistics).",
 )
 @click.option("--predictor", type=click.Path(dir_okay=False), default=None)
 @click.option(
@@ -89,7 +99,7 @@ def train_predictor(out, steps, batch_size, seed, threads, force):
     default=None,
     help="Also write the full report here.",
 )
-def quality(weights, n, seed, source, predictor, json_path):
+def quality(weights, n, seed, source, truncation, predictor, json_path):
     """Measure a generator against the shapes world's quality bar.
 
     Exits with status 1 when the source fails the bar.
@@ -102,7 +112,12 @@ def quality(weights, n, seed, source, predictor, json_path):
     if n < 100:
         raise ConfigError(f"-n must be at least 100; got {n}")
     report = quality_of_source(
-        source, weights=weights, n=n, seed=seed, predictor_weights=predictor
+        source,
+        weights=weights,
+        n=n,
+        seed=seed,
+        predictor_weights=predictor,
+        truncation=truncation,
     )
     for line in summary_lines(report):
         click.echo(line)

@@ -59,7 +59,9 @@ GOOD_SHARE = 0.7
 REFINE_STEPS = 40
 """Gradient steps that refine the predicted factors before re-rendering."""
 
-SOURCES = ("stylegan2", "real", "noise", "blend")
+SOURCES = ("stylegan2", "biggan", "real", "noise", "blend")
+GENERATORS = ("stylegan2", "biggan")
+"""Sources that are generators, read from ``weights`` or their default."""
 
 _CONTINUOUS = [s for s in FACTORS if s.kind != "categorical"]
 
@@ -200,30 +202,77 @@ def _stylegan2_samples(
         images.append(((img + 1.0) / 2.0).clamp(0.0, 1.0))
     asked = torch.cat(classes) if classes else None
     names = loaded.meta.get("class_names")
-    if asked is not None and names and list(names) != list(SHAPES):
-        lookup = {name: i for i, name in enumerate(SHAPES)}
-        if all(name in lookup for name in names):
-            asked = torch.tensor([lookup[names[i]] for i in asked.tolist()])
-        else:
-            asked = None
-    return torch.cat(images), asked
+    return torch.cat(images), _as_shapes(asked, names)
+
+
+def _as_shapes(asked: Tensor | None, names) -> Tensor | None:
+    """Asked class indices of the generator as indices into ``SHAPES``
+    (``None`` when its class names are not the shapes')."""
+    if asked is None or not names or list(names) == list(SHAPES):
+        return asked
+    lookup = {name: i for i, name in enumerate(SHAPES)}
+    if not all(name in lookup for name in names):
+        return None
+    return torch.tensor([lookup[names[i]] for i in asked.tolist()])
+
+
+@torch.no_grad()
+def _biggan_samples(
+    weights: str | None, n: int, gen: torch.Generator, truncation: float
+) -> tuple[Tensor, Tensor]:
+    """Samples of a BigGAN-deep weights folder trained on the shapes world
+    (codes: the truncated normal times ``truncation``, the stored batch
+    statistics for it) and the shape index asked of each sample."""
+    from lclr.errors import CheckpointError
+    from lclr_biggan.generator import load_generator, truncated_normal
+
+    if not 0.0 < truncation <= 1.0:
+        from lclr.errors import ConfigError
+
+        raise ConfigError(f"truncation must be in (0, 1], got {truncation}")
+    loaded = load_generator(weights)  # the embedded default for None
+    model = loaded.model
+    c_dim = model.config.num_classes
+    if c_dim != len(SHAPES):
+        raise CheckpointError(
+            f"the generator has {c_dim} classes but the shapes world has "
+            f"{len(SHAPES)}; pass a generator trained on the shapes world"
+        )
+    images, classes = [], []
+    for start in range(0, n, 100):
+        m = min(100, n - start)
+        z = truncation * truncated_normal((m, model.config.z_dim), gen)
+        idx = torch.randint(c_dim, (m,), generator=gen)
+        classes.append(idx)
+        c = torch.nn.functional.one_hot(idx, c_dim).float()
+        img = model(z, c, truncation)  # (m, 3, H, W) in [-1, 1]
+        images.append(((img + 1.0) / 2.0).clamp(0.0, 1.0))
+    return torch.cat(images), _as_shapes(torch.cat(classes), loaded.class_names)
 
 
 def sample_source(
-    source: str, n: int, seed: int, weights: str | None = None, size: int = 32
+    source: str,
+    n: int,
+    seed: int,
+    weights: str | None = None,
+    size: int = 32,
+    truncation: float = 1.0,
 ) -> tuple[Tensor, Tensor | None]:
     """``(N, 3, H, W)`` samples of ``source`` and the class each was asked
     for (conditional generators only; else ``None``).
 
-    ``source`` is ``stylegan2`` (``weights``, or the embedded default),
-    ``real`` (renders), ``noise`` (Gaussian, mean 0.5, sd 0.25, clipped) or
-    ``blend`` (the average of two independent renders).
+    ``source`` is ``stylegan2`` (``weights``, or the embedded default;
+    untruncated), ``biggan`` (a weights folder or the embedded default, at
+    ``truncation`` psi), ``real`` (renders), ``noise`` (Gaussian, mean 0.5,
+    sd 0.25, clipped) or ``blend`` (the average of two independent renders).
     """
     from lclr.errors import ConfigError
 
     gen = torch.Generator().manual_seed(seed)
     if source == "stylegan2":
         return _stylegan2_samples(weights, n, gen)
+    if source == "biggan":
+        return _biggan_samples(weights, n, gen, truncation)
     if source == "real":
         return render(sample_factors(n, gen), size), None
     if source == "noise":
@@ -337,19 +386,22 @@ def quality_of_source(
     seed: int = 0,
     predictor_weights: str | None = None,
     refine_steps: int = REFINE_STEPS,
+    truncation: float = 1.0,
 ) -> dict[str, Any]:
     """Sample ``source`` (see :func:`sample_source`) and measure it."""
     from lclr_shapes.predictor import load_predictor
 
     predictor = load_predictor(predictor_weights)
-    images, asked = sample_source(source, n, seed, weights)
+    images, asked = sample_source(source, n, seed, weights, truncation=truncation)
     report = measure_quality(
         images, predictor, seed=seed, asked=asked, refine_steps=refine_steps
     )
     report["source"] = source
     report["seed"] = seed
-    if source == "stylegan2":
+    if source in GENERATORS:
         report["weights"] = str(weights) if weights else "embedded"
+    if source == "biggan":
+        report["truncation"] = truncation
     return report
 
 

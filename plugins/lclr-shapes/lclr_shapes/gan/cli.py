@@ -62,6 +62,13 @@ def _log_to(path: Path, quiet: bool) -> None:
     help="Run folder for checkpoints, logs and samples.",
 )
 @click.option(
+    "--arch",
+    type=click.Choice(["stylegan2", "biggan"]),
+    default=None,
+    help="Generator: stylegan2 or biggan (BigGAN-deep) [default: stylegan2; "
+    "a resumed run keeps its own].",
+)
+@click.option(
     "--steps",
     type=click.IntRange(min=1),
     default=11_000,
@@ -76,9 +83,15 @@ def _log_to(path: Path, quiet: bool) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="[default: 32]")
-@click.option("--r1-gamma", type=float, default=None, help="R1 weight [0.1].")
+@click.option("--r1-gamma", type=float, default=None, help="R1 weight [0.02].")
 @click.option(
     "--pl-weight", type=float, default=None, help="Path-length weight [0: off]."
+)
+@click.option(
+    "--biggan-width",
+    type=click.IntRange(min=1),
+    default=None,
+    help="BigGAN-deep channel_width [16].",
 )
 @click.option(
     "--threads",
@@ -90,9 +103,21 @@ def _log_to(path: Path, quiet: bool) -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="Log to the folder only.")
 def train_gan(
-    out, minutes, steps, seed, batch_size, r1_gamma, pl_weight, threads, resume, quiet
+    out,
+    arch,
+    minutes,
+    steps,
+    seed,
+    batch_size,
+    r1_gamma,
+    pl_weight,
+    biggan_width,
+    threads,
+    resume,
+    quiet,
 ):
-    """Train the shapes StyleGAN2 (class-conditional, 32 px) on CPU."""
+    """Train the shapes GAN (class-conditional, 32 px) on CPU: a StyleGAN2,
+    or with --arch biggan a BigGAN-deep."""
     import torch
 
     from lclr.errors import ConfigError
@@ -100,7 +125,13 @@ def train_gan(
     from lclr_shapes.gan.train import train
 
     torch.set_num_threads(threads)
-    given = {"batch": batch_size, "r1_gamma": r1_gamma, "pl_weight": pl_weight}
+    given = {
+        "arch": arch,
+        "batch": batch_size,
+        "r1_gamma": r1_gamma,
+        "pl_weight": pl_weight,
+        "biggan_width": biggan_width,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     try:
         config = GanConfig(minutes=minutes, steps=steps, seed=seed, **given)
@@ -109,7 +140,12 @@ def train_gan(
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
     if resume:
-        load_checkpoint(out)  # one clear line when there is nothing to resume
+        # one clear line when there is nothing to resume, or another arch
+        saved = GanConfig.from_json(load_checkpoint(out)["config"]).arch
+        if arch is not None and arch != saved:
+            raise ConfigError(
+                f"{out} holds a {saved} run; drop --arch or choose another --out"
+            )
     else:
         check_new_folder(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,11 +164,13 @@ def train_gan(
     "dest",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder for shapes32.pt/.json [default: lclr-stylegan2's weights].",
+    help="Folder for NAME.pt (stylegan2) or NAME/ (biggan), and NAME.json "
+    "[default: the weights folder of lclr-stylegan2 or lclr-biggan].",
 )
 @click.option("--name", default="shapes32", show_default=True)
 def export_gan(run_dir, dest, name):
-    """Export a run's moving-average generator as StyleGAN2 weights."""
+    """Export a run's moving-average generator as weights of its plugin:
+    StyleGAN2 or BigGAN-deep (config.json + pytorch_model.bin)."""
     from lclr_shapes.gan.export import export
 
     paths = export(run_dir, dest, name=name)

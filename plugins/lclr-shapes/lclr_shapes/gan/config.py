@@ -21,11 +21,32 @@ def _int_keys(value) -> dict[int, int]:
     return {int(k): int(v) for k, v in dict(value).items()}
 
 
+def _blocks(value) -> tuple[tuple[bool, int, int], ...]:
+    return tuple((bool(up), int(c_in), int(c_out)) for up, c_in, c_out in value)
+
+
+ARCHS = ("stylegan2", "biggan")
+"""Generator architectures the recipe trains."""
+
+BIGGAN_BLOCKS = (
+    (False, 16, 16),
+    (True, 16, 8),
+    (False, 8, 8),
+    (True, 8, 4),
+    (False, 4, 2),
+    (True, 2, 1),
+)
+"""BigGAN-deep blocks for 32 px: two per resolution, 4 px to 32 px."""
+
+
 @attrs.frozen(kw_only=True)
 class GanConfig:
     """Everything that defines a training run of the shapes generator.
 
-    The defaults are the recipe that produced the embedded generator.
+    The defaults are the recipe that produced the embedded StyleGAN2;
+    ``arch="biggan"`` trains a BigGAN-deep instead, with the ``biggan_``
+    fields, and ignores the StyleGAN2-only ones (``n_mlp``, ``lr_mlp``,
+    ``g_channels``, ``mixing``, ``pl_*``).
     """
 
     size: int = 32
@@ -50,7 +71,7 @@ class GanConfig:
     """Images per step, for D and for G alike."""
     lr: float = attrs.field(default=0.002, validator=_positive)
     """Adam learning rate of G and D (betas 0, 0.99)."""
-    r1_gamma: float = 0.1
+    r1_gamma: float = 0.02
     """Weight of the R1 penalty on real images."""
     r1_interval: int = attrs.field(default=16, validator=_positive)
     """D steps between lazy R1 steps."""
@@ -64,7 +85,7 @@ class GanConfig:
     """Weight of the auxiliary classification loss (AC-GAN, Odena et al.,
     2017) of a conditional run: D's classifier learns the class of real
     images, G pays its cross-entropy on the asked class; 0 turns it off."""
-    mode_seeking: float = 1.0
+    mode_seeking: float = 0.2
     """Weight of MSGAN's mode-seeking term (0 turns it off): G pays
     ``weight / ratio`` where ratio is the image distance of two samples of
     one class per unit of their z distance."""
@@ -93,6 +114,24 @@ class GanConfig:
     """Wall time between sample grids and collapse checks."""
     log_every: int = 50
     """Steps between log lines."""
+    arch: str = attrs.field(default="stylegan2", validator=attrs.validators.in_(ARCHS))
+    """The generator: ``stylegan2`` or ``biggan`` (BigGAN-deep)."""
+    biggan_width: int = attrs.field(default=16, validator=_positive)
+    """BigGAN-deep ``channel_width``: block channels are multiples of it."""
+    biggan_blocks: tuple[tuple[bool, int, int], ...] = attrs.field(
+        default=BIGGAN_BLOCKS, converter=_blocks
+    )
+    """BigGAN-deep blocks: (up-sample, in multiple, out multiple) each."""
+    biggan_attention: int = 4
+    """Block the self-attention precedes (-1: none); 4 is at 16 px."""
+    biggan_lr: float = attrs.field(default=0.0002, validator=_positive)
+    """Adam learning rate of a BigGAN-deep G (D keeps ``lr``)."""
+
+    def __attrs_post_init__(self):
+        if self.arch == "biggan" and not self.conditional:
+            raise ValueError("arch biggan is class-conditional; keep conditional")
+        if self.arch == "biggan" and self.pl_weight:
+            raise ValueError("path-length regularisation is for stylegan2 only")
 
     def to_json(self) -> str:
         """The config as a JSON string."""

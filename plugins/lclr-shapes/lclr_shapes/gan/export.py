@@ -1,10 +1,14 @@
-"""Export a run's moving-average generator as lclr-stylegan2 weights.
+"""Export a run's moving-average generator in its plugin's weights layout.
 
-Writes ``NAME.pt`` in the layout every StyleGAN2 checkpoint the plugin
-loads has (``g_ema``, ``latent_avg``, ``lclr_meta``) and ``NAME.json``
-with the provenance: the recipe command, seed, steps, minutes, images
-seen and speed. By default both go to lclr-stylegan2's ``weights``
-folder, where they become the embedded generator.
+A StyleGAN2 run gives ``NAME.pt`` in the layout every StyleGAN2 checkpoint
+the plugin loads has (``g_ema``, ``latent_avg``, ``lclr_meta``); a
+BigGAN-deep run gives the folder ``NAME/`` with ``config.json`` and
+``pytorch_model.bin`` (the ``pytorch-pretrained-biggan`` layout, the shape
+names in ``class_names``). Beside either goes ``NAME.json`` with the
+provenance: the recipe command, seed, steps, minutes, images seen and
+speed. By default they go to the plugin's ``weights`` folder
+(lclr-stylegan2's or lclr-biggan's), where they become the embedded
+generator.
 
 Run it with ``python -m lclr_shapes.gan.export RUN_DIR``.
 """
@@ -21,7 +25,6 @@ import torch
 from lclr_shapes import render
 from lclr_shapes.gan.config import GanConfig
 from lclr_shapes.gan.train import build_generator, load_checkpoint
-from lclr_stylegan2.loading import EMBEDDED_WEIGHTS, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,10 @@ LATENT_AVG_SAMPLES = 10_000
 def _recipe(config: GanConfig) -> str:
     """The training command with the options this run differs by."""
     parts = [RECIPE, f"--seed {config.seed}"]
+    if config.arch != "stylegan2":
+        parts.append(f"--arch {config.arch}")
+        if config.biggan_width != GanConfig().biggan_width:
+            parts.append(f"--biggan-width {config.biggan_width}")
     if config.minutes is not None:
         parts.append(f"--minutes {config.minutes:g}")
     if config.steps is not None:
@@ -55,21 +62,17 @@ def _mean_speed(run_dir: Path) -> float | None:
 def export(
     run_dir: str | Path, dest: str | Path | None = None, name: str = "shapes32"
 ) -> list[Path]:
-    """Write ``NAME.pt`` and ``NAME.json`` for the run in ``run_dir``.
+    """Write the weights and ``NAME.json`` for the run in ``run_dir``.
 
-    ``dest`` defaults to the folder of lclr-stylegan2's embedded weights.
-    Returns the two paths.
+    The weights are ``NAME.pt`` for a StyleGAN2 run, the folder ``NAME``
+    for a BigGAN-deep one. ``dest`` defaults to the plugin's weights
+    folder. Returns the two paths.
     """
     run_dir = Path(run_dir)
-    dest = Path(dest) if dest is not None else EMBEDDED_WEIGHTS.parent
     state = load_checkpoint(run_dir)
     config = GanConfig.from_json(state["config"])
     G = build_generator(config).eval().requires_grad_(False)
     G.load_state_dict(state["G_ema"])
-
-    # latent_avg over classes drawn uniformly (the truncation centre)
-    gen = torch.Generator().manual_seed(0)
-    latent_avg = G.mean_latent(LATENT_AVG_SAMPLES, None, gen)  # (D,)
 
     steps, nimg = int(state["step"]), int(state["nimg"])
     minutes = float(state["elapsed"]) / 60
@@ -84,6 +87,14 @@ def export(
         "sec_per_step": _mean_speed(run_dir),
         "finished": finished,
     }
+    if config.arch == "biggan":
+        return _export_biggan(G, config, provenance, dest, name)
+    from lclr_stylegan2.loading import EMBEDDED_WEIGHTS, save_checkpoint
+
+    dest = Path(dest) if dest is not None else EMBEDDED_WEIGHTS.parent
+    # latent_avg over classes drawn uniformly (the truncation centre)
+    gen = torch.Generator().manual_seed(0)
+    latent_avg = G.mean_latent(LATENT_AVG_SAMPLES, None, gen)  # (D,)
     meta = {
         "size": config.size,
         "style_dim": config.style_dim,
@@ -96,7 +107,6 @@ def export(
     pt_path = save_checkpoint(dest / f"{name}.pt", G, latent_avg, meta)
     pt_path.chmod(0o644)  # package data, readable by every user
 
-    digest = hashlib.sha256(pt_path.read_bytes()).hexdigest()
     info = {
         "name": name,
         "description": (
@@ -107,15 +117,52 @@ def export(
         "class_names": meta["class_names"],
         "config": json.loads(config.to_json()),
         "file_bytes": pt_path.stat().st_size,
-        "sha256": digest,
+        "sha256": hashlib.sha256(pt_path.read_bytes()).hexdigest(),
         "quality": None,
     }
-    json_path = dest / f"{name}.json"
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(json_path)
+    json_path = _write_info(dest / f"{name}.json", info)
     logger.info("exported step %d to %s", steps, pt_path)
     return [pt_path, json_path]
+
+
+def _export_biggan(G, config: GanConfig, provenance: dict, dest, name: str):
+    """The BigGAN-deep half of :func:`export`: the folder ``NAME``."""
+    from lclr_biggan.loading import WEIGHTS_NAME
+    from lclr_shapes.gan import biggan
+
+    dest = Path(dest) if dest is not None else biggan.default_destination()
+    folder = biggan.export_weights(G, dest / name)
+    weights = folder / WEIGHTS_NAME
+    for path in folder.iterdir():
+        path.chmod(0o644)  # package data, readable by every user
+    info = {
+        "name": name,
+        "description": (
+            "class-conditional BigGAN-deep trained adversarially on the "
+            "lclr-shapes world; one class per shape"
+        ),
+        **provenance,
+        "class_names": list(render.SHAPES),
+        "config": json.loads(config.to_json()),
+        "file_bytes": weights.stat().st_size,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "batch_norm_statistics": (
+            "measured after training: for each stored psi, the EMA "
+            "generator's statistics on one batch of truncated-normal codes "
+            "times psi, every class equally often"
+        ),
+        "quality": None,
+    }
+    json_path = _write_info(dest / f"{name}.json", info)
+    logger.info("exported step %d to %s", provenance["steps"], folder)
+    return [folder, json_path]
+
+
+def _write_info(path: Path, info: dict) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(path)
+    return path
 
 
 if __name__ == "__main__":

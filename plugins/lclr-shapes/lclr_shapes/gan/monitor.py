@@ -80,7 +80,12 @@ class Probe:
 
     @torch.no_grad()
     def sample(self, G, z, c) -> torch.Tensor:
-        """Images in [0, 1] from G at full truncation, constant noise."""
+        """Images in [0, 1] from G at full truncation, constant noise (a
+        BigGAN-deep on batch statistics)."""
+        if self.config.arch == "biggan":
+            from lclr_shapes.gan.biggan import sample
+
+            return (sample(G, z, c) + 1) / 2
         if not self.config.conditional:
             c = None
         return (G(z, c, noise_mode="const") + 1) / 2

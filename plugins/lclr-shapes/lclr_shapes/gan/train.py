@@ -1,4 +1,9 @@
-"""Adversarial training of a small class-conditional StyleGAN2 on shapes.
+"""Adversarial training of a small class-conditional GAN on shapes.
+
+The generator is a StyleGAN2 (``arch="stylegan2"``, the default) or a
+BigGAN-deep (``arch="biggan"``, see :mod:`lclr_shapes.gan.biggan`); the
+discriminator, losses, augmentation, moving average and checkpoints are the
+same for both.
 
 The loop follows StyleGAN2-ADA's phases, one step at a time: a D step on
 real and generated images, a lazy R1 step every ``r1_interval`` steps, a G
@@ -40,8 +45,12 @@ LOG = "train.log"
 """Name of the log file the command line writes into a run folder."""
 
 
-def build_generator(config: GanConfig) -> StyleGAN2:
+def build_generator(config: GanConfig) -> nn.Module:
     """The generator a config describes, freshly initialised."""
+    if config.arch == "biggan":
+        from lclr_shapes.gan import biggan
+
+        return biggan.build(config)
     return StyleGAN2(
         config.size,
         style_dim=config.style_dim,
@@ -91,7 +100,10 @@ class Trainer:
             mbstd_group=config.mbstd_group,
         )
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_G = self._adam(self.G, config.pl_interval if config.pl_weight else 0)
+        lr_g = config.biggan_lr if config.arch == "biggan" else config.lr
+        self.opt_G = self._adam(
+            self.G, config.pl_interval if config.pl_weight else 0, lr_g
+        )
         self.opt_D = self._adam(self.D, config.r1_interval if config.r1_gamma else 0)
         self.gens = {}
         for i, name in enumerate(("data", "latent", "augment")):
@@ -101,10 +113,13 @@ class Trainer:
         self.elapsed = 0.0
         self.pl_mean = torch.zeros(())
 
-    def _adam(self, net: nn.Module, interval: int) -> torch.optim.Adam:
-        """Adam with the lazy-regularisation correction of its lr and betas."""
+    def _adam(
+        self, net: nn.Module, interval: int, lr: float | None = None
+    ) -> torch.optim.Adam:
+        """Adam with the lazy-regularisation correction of its lr and betas
+        (``lr`` defaults to the config's)."""
         c = interval / (interval + 1) if interval else 1.0
-        lr = self.config.lr * c
+        lr = (self.config.lr if lr is None else lr) * c
         return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.0, 0.99**c), eps=1e-8)
 
     # Sampling ---------------------------------------------------------------
@@ -124,13 +139,18 @@ class Trainer:
             return img, None
         return img, F.one_hot(factors["shape"], self.c_dim).float()
 
-    def generate(self, G: StyleGAN2, n: int, c: torch.Tensor | None):
+    def generate(self, G: nn.Module, n: int, c: torch.Tensor | None):
         """Images from random z with style mixing: ``(img, ws, z)``.
 
         A sample is mixed with probability ``mixing``: from a random layer
-        index on, its codes come from a second z of the same class.
+        index on, its codes come from a second z of the same class. A
+        BigGAN-deep takes one standard normal z, and ``ws`` is that z.
         """
         gen = self.gens["latent"]
+        if self.config.arch == "biggan":
+            from lclr_shapes.gan import biggan
+
+            return biggan.generate(G, n, c, gen)
         L = G.n_latent
         z = torch.randn(n, G.style_dim, generator=gen)
         z2 = torch.randn(n, G.style_dim, generator=gen)
