@@ -83,7 +83,7 @@ def _log_to(path: Path, quiet: bool) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="[default: 32]")
-@click.option("--r1-gamma", type=float, default=None, help="R1 weight [0.02].")
+@click.option("--r1-gamma", type=float, default=None, help="R1 weight [0.1].")
 @click.option(
     "--pl-weight", type=float, default=None, help="Path-length weight [0: off]."
 )

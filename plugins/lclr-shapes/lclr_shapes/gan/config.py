@@ -71,7 +71,7 @@ class GanConfig:
     """Images per step, for D and for G alike."""
     lr: float = attrs.field(default=0.002, validator=_positive)
     """Adam learning rate of G and D (betas 0, 0.99)."""
-    r1_gamma: float = 0.02
+    r1_gamma: float = 0.1
     """Weight of the R1 penalty on real images."""
     r1_interval: int = attrs.field(default=16, validator=_positive)
     """D steps between lazy R1 steps."""
@@ -85,7 +85,7 @@ class GanConfig:
     """Weight of the auxiliary classification loss (AC-GAN, Odena et al.,
     2017) of a conditional run: D's classifier learns the class of real
     images, G pays its cross-entropy on the asked class; 0 turns it off."""
-    mode_seeking: float = 0.2
+    mode_seeking: float = 1.0
     """Weight of MSGAN's mode-seeking term (0 turns it off): G pays
     ``weight / ratio`` where ratio is the image distance of two samples of
     one class per unit of their z distance."""
