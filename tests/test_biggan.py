@@ -378,3 +378,146 @@ def test_lclr_run_without_weights_says_what_to_pass(tmp_path, monkeypatch):
     assert result.exit_code == CheckpointError.exit_code
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--weights" in lines[0], result.output
+
+
+# Found by review: inputs that got past the checks --------------------------------
+
+
+def write_config(weights, tmp_path, change=(), drop=()):
+    """A copy of ``weights`` whose config has ``change`` and lacks ``drop``."""
+    folder = copy_folder(weights, tmp_path / "w")
+    config = json.loads((folder / loading.CONFIG_NAME).read_text())
+    config = {k: v for k, v in {**config, **dict(change)}.items() if k not in drop}
+    (folder / loading.CONFIG_NAME).write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"channel_width": 4.5}, "channel_width must be a whole number, got 4.5"),
+        ({"channel_width": "4"}, "channel_width must be a whole number"),
+        ({"z_dim": True}, "z_dim must be a whole number"),
+        ({"eps": -1}, "eps must be a small positive number"),
+        ({"layers": "abc"}, "layers must be a list"),
+        ({"layers": [["false", 16, 1]]}, r"layers\[0\]\[0\] \(up_sample\)"),
+        ({"layers": [[True, 16]]}, r"layers\[0\] must be \[up_sample"),
+    ],
+)
+def test_config_values_of_the_wrong_type(weights, tmp_path, change, words):
+    # int() used to turn 4.5 into 4 and "4" into 4, bool("false") was True,
+    # and a negative eps gave NaN images.
+    folder = write_config(weights, tmp_path, change)
+    with pytest.raises(CheckpointError, match=words) as exc:
+        load_generator(folder)
+    one_line(exc)
+
+
+def test_blocks_must_chain(weights, tmp_path):
+    layers = [(False, 16, 16), (True, 8, 8), (False, 8, 8),
+              (True, 8, 4), (True, 4, 2), (False, 2, 1)]  # fmt: skip
+    folder = write_config(weights, tmp_path, {"layers": layers})
+    with pytest.raises(CheckpointError, match="block 1 must take the channels"):
+        load_generator(folder)
+
+
+def test_a_config_missing_fields_names_them(weights, tmp_path):
+    folder = write_config(weights, tmp_path, drop=("channel_width", "output_dim"))
+    with pytest.raises(
+        CheckpointError, match="does not give channel_width, output_dim"
+    ):
+        load_generator(folder)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"channel_width": 10**9}, "too large to build"),
+        ({"num_classes": 10**12}, "8x1000000000000 by the config"),
+    ],
+)
+def test_a_huge_config_allocates_nothing(weights, tmp_path, change, words):
+    # the network used to be built before the check: a traceback, or all memory
+    folder = write_config(weights, tmp_path, change)
+    with pytest.raises(CheckpointError, match=words) as exc:
+        load_generator(folder)
+    one_line(exc)
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("generator.gen_z.weight_orig", float("nan"), "holds NaN or infinity"),
+        ("generator.gen_z.weight_u", 0.0, "spectral norm of 0.0"),
+        ("generator.bn.weight", 1, "holds torch.int64, not floats"),
+    ],
+)
+def test_damaged_tensors_are_refused(weights, tmp_path, key, value, words):
+    # these loaded silently and gave NaN images
+    folder = copy_folder(weights, tmp_path / "w")
+    state = torch.load(folder / loading.WEIGHTS_NAME, weights_only=True)
+    state[key] = torch.full_like(state[key], value, dtype=torch.tensor(value).dtype)
+    torch.save(state, folder / loading.WEIGHTS_NAME)
+    with pytest.raises(CheckpointError, match=words) as exc:
+        load_generator(folder)
+    one_line(exc)
+
+
+class _Payload:
+    """Pickles as a call that would create ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+@pytest.mark.usefixtures("fresh_registry")
+@pytest.mark.parametrize("how", ["torch", "pickle", "empty"])
+def test_files_that_would_run_code_or_are_empty(weights, tmp_path, how):
+    # a plain pickle used to print torch's protocol warning before the error
+    import pickle
+
+    folder = copy_folder(weights, tmp_path / "w")
+    marker = tmp_path / "ran"
+    target = folder / loading.WEIGHTS_NAME
+    if how == "torch":
+        torch.save({"x": _Payload(marker)}, target)
+    elif how == "pickle":
+        target.write_bytes(pickle.dumps({"x": _Payload(marker)}, protocol=4))
+    else:
+        target.write_bytes(b"")
+    result = CliRunner().invoke(
+        cli, ["layers", "--generator", "biggan", "--weights", str(folder)]
+    )
+    assert result.exit_code == CheckpointError.exit_code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a readable PyTorch state dict" in lines[0], lines
+    assert not marker.exists()
+
+
+def test_a_file_instead_of_a_folder(tmp_path):
+    (tmp_path / "biggan-deep-128-pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="is a file; pass a folder") as exc:
+        load_generator(tmp_path / "biggan-deep-128-pytorch_model.bin")
+    one_line(exc)
+
+
+def test_negative_and_empty_classes():
+    # "-1" was looked up as a name: "unknown ImageNet class '-1'"
+    with pytest.raises(ConfigError, match="class -1 is out of range"):
+        resolve_class("-1")
+    with pytest.raises(ConfigError, match="class -1 is out of range"):
+        resolve_class(-1, 4, ["a", "b", "c", "d"])
+    with pytest.raises(ConfigError, match="class is empty"):
+        resolve_class("  ")
+
+
+@pytest.mark.parametrize("value", ["abc", "", True, None, float("nan")])
+def test_truncation_that_is_not_a_number(weights, value):
+    # "abc" ended in "could not convert string to float: 'abc'"
+    with pytest.raises(ConfigError, match=r"truncation must be a number in \(0, 1\]"):
+        lclr.create_generator("biggan", weights=weights, truncation=value)

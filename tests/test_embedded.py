@@ -62,3 +62,21 @@ def test_step_speed_benchmark_prints_figures(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "benchmarks" / "step_speed.py"), run_name="__main__")
     assert "seconds per step:" in capsys.readouterr().out
+
+
+def test_a_relative_weights_path_is_recorded_absolute(tmp_path, monkeypatch):
+    # Found by trying it: a run made with `--weights w/shapes.pt` recorded
+    # the path as typed and could not be loaded from another folder.
+    import shutil
+
+    (tmp_path / "w").mkdir()
+    shutil.copy(EMBEDDED_WEIGHTS, tmp_path / "w" / "shapes.pt")
+    monkeypatch.chdir(tmp_path)
+    args = ["-q", "run", "--weights", "w/shapes.pt", "--iterations", "1", "-k", "2",
+            "--batch-size", "2", "--no-render", "--out", "run"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["weights"]
+    assert recorded == str(tmp_path / "w" / "shapes.pt")
+    monkeypatch.chdir(tmp_path / "w")
+    assert lclr.load_run(tmp_path / "run").generator is not None

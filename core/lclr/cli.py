@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -246,6 +247,9 @@ def _config_from_options(opts: dict, given: set[str]):
         "seed", "device", "checkpoint_every",
     }  # fmt: skip
     changes = {name: opts[name] for name in fields & given}
+    if changes.get("weights"):
+        # the run records it: absolute, so the run loads from any folder
+        changes["weights"] = os.path.abspath(changes["weights"])
     if "alpha_range" in given:
         changes["alpha_range"] = opts["alpha_range"]
     if "lr_milestones" in given:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.resources
+import re
 from collections.abc import Sequence
 
 from lclr.errors import ConfigError
@@ -85,10 +86,14 @@ def resolve_class(
     ImageNet's, WordNet ids included. Raises :class:`ConfigError` with
     close matches otherwise.
     """
-    if isinstance(label, str) and label.strip().isdigit():
-        label = int(label)
+    if isinstance(label, str) and re.fullmatch(r"[+-]?\d+", label.strip()):
+        label = int(label)  # "-1" is an index out of range, not a name
     if isinstance(label, bool) or not isinstance(label, (int, str)):
         raise ConfigError(f"class must be an index or a name, got {label!r}")
+    if isinstance(label, str) and not _key(label):
+        raise ConfigError(
+            f"class is empty; give an index 0-{num_classes - 1} or a name"
+        )
     if isinstance(label, int):
         if 0 <= label < num_classes:
             return label

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lclr.errors import CheckpointError, ConfigError, UnknownComponentError
+from lclr.errors import CheckpointError, UnknownComponentError
 from lclr.interfaces import Generator, random_stream
 
 from .classes import IMAGENET_CLASSES, class_name, resolve_class
@@ -32,6 +32,7 @@ from .loading import (
     load_biggan,
 )
 from .model import BigGAN, layer_shapes
+from .plugin import truncation_value
 
 #: Codes are drawn from a standard normal cut at +-TRUNCATION_BOUND.
 TRUNCATION_BOUND = 2.0
@@ -74,13 +75,11 @@ class BigGANGenerator(Generator):
         class_names: Sequence[str] = (),
     ):
         super().__init__()
-        if not 0.0 < truncation <= 1.0:
-            raise ConfigError(f"truncation must be in (0, 1], got {truncation}")
+        self.truncation = truncation_value(truncation)
         self.model = model
         self.latent_dim = model.config.z_dim
         self.space = "z"
         self.num_codes = model.num_codes
-        self.truncation = float(truncation)
         num_classes = model.config.num_classes
         self.class_names = tuple(class_names)
         self.class_index = resolve_class(class_label, num_classes, self.class_names)

@@ -319,6 +319,8 @@ def check_config(config: BigGANConfig) -> list[str]:
     for i, (_, c_in, c_out) in enumerate(layers):
         if c_out not in (c_in, c_in // 2) or c_out < 1 or ch * c_in < 4:
             problems.append(f"block {i} must keep or halve its channels")
+        if i and c_in != layers[i - 1][2]:
+            problems.append(f"block {i} must take the channels block {i - 1} gives")
     if layers[-1:] and ch * layers[-1][2] != ch:
         problems.append("the last block must end with channel_width channels")
     if ch < 3:

@@ -12,10 +12,19 @@ from lclr.errors import ConfigError
 from lclr.hookspecs import hookimpl
 
 
-def _psi(inst, attribute, value):
-    """Validator: truncation psi in (0, 1]."""
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(f"truncation must be in (0, 1], got {value!r}")
+def truncation_value(value) -> float:
+    """``value`` as a truncation psi in (0, 1], or a :class:`ConfigError`."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        psi = float(value)
+    except (TypeError, ValueError):
+        psi = None
+    if psi is None or not 0.0 < psi <= 1.0:
+        raise ConfigError(
+            f"truncation must be a number in (0, 1], e.g. 0.4; got {value!r}"
+        )
+    return psi
 
 
 def _label(inst, attribute, value):
@@ -30,8 +39,7 @@ class BigGANOptions:
 
     truncation: float = attrs.field(
         default=0.4,
-        converter=float,
-        validator=_psi,
+        converter=truncation_value,
         metadata={"help": "psi: codes cut to [-2, 2] and scaled by psi"},
     )
     class_label: int | str = attrs.field(
