@@ -80,3 +80,19 @@ def test_a_relative_weights_path_is_recorded_absolute(tmp_path, monkeypatch):
     assert recorded == str(tmp_path / "w" / "shapes.pt")
     monkeypatch.chdir(tmp_path / "w")
     assert lclr.load_run(tmp_path / "run").generator is not None
+
+
+def test_recorded_quality_is_what_the_quality_command_measures():
+    # The provenance beside the embedded weights states its quality figures;
+    # they must be the ones `lclr shapes quality` gives today (n=1000, seed 0).
+    from lclr_shapes.quality import quality_of_source
+
+    recorded = json.loads(EMBEDDED_WEIGHTS.with_suffix(".json").read_text())["quality"]
+    report = quality_of_source("stylegan2", n=1000, seed=0)
+    assert report["pass"] == recorded["passes"]
+    assert report["good"]["share"] == pytest.approx(recorded["good_share"], abs=0.01)
+    for name, share in report["classes"]["shares"].items():
+        assert share == pytest.approx(recorded["class_shares"][name], abs=0.01)
+    assert report["frechet"]["samples"] == pytest.approx(
+        recorded["frechet"]["samples"], rel=0.05
+    )
