@@ -36,10 +36,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--random-sets", type=int, default=5, help="sets of K random directions"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    evaluator = lclr.create_evaluator("shapes", samples=args.samples)
     rows = []
     for direction in args.directions.split(","):
         for seed in map(int, args.seeds.split(",")):
@@ -55,6 +57,13 @@ def main() -> None:
             else:
                 lclr.train(config, folder)
             minutes = (time.perf_counter() - start) / 60
+            # each seed its own samples, for LatentCLR and random alike
+            evaluator = lclr.create_evaluator(
+                "shapes",
+                samples=args.samples,
+                seed=seed,
+                random_baseline=args.random_sets,
+            )
             summary = evaluator.evaluate(lclr.load_run(folder), folder / "eval")
             rows.append(
                 {
@@ -62,6 +71,7 @@ def main() -> None:
                     "seed": seed,
                     "score": summary["score"],
                     "random": _random_score(summary),
+                    "random_scores": summary.get("random_scores", []),
                     "minutes": round(minutes, 2),
                 }
             )
@@ -82,12 +92,19 @@ def table(rows: list[dict], args) -> str:
         f"K={args.k}, alpha={args.alpha}, N={args.batch_size}, "
         f"{args.iterations} iterations, layer {args.layer or 'default'}",
         "",
-        "| direction model | LatentCLR score (mean ± sd) | random directions | seeds |",
+        "| direction model | LatentCLR score (mean ± sd) | random directions "
+        "(mean ± sd over sets) | seeds |",
         "| --- | --- | --- | --- |",
     ]
     for direction in dict.fromkeys(r["direction"] for r in rows):
         mine = [r["score"] for r in rows if r["direction"] == direction]
-        rand = [r["random"] for r in rows if r["direction"] == direction]
+        # the same sets of random directions for every direction model
+        rand = [
+            x
+            for r in rows
+            if r["direction"] == rows[0]["direction"]
+            for x in r.get("random_scores") or [r["random"]]
+        ]
         sd = statistics.stdev(mine) if len(mine) > 1 else 0.0
         rsd = statistics.stdev(rand) if len(rand) > 1 else 0.0
         lines.append(
