@@ -192,3 +192,33 @@ def test_resume_drops_the_log_rows_written_after_the_checkpoint(tmp_path):
     train(tiny(steps=5), tmp_path, resume=True)
     steps = [json.loads(line)["step"] for line in metrics.open()]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_ctrl_c_saves_the_finished_step_and_resume_continues(tmp_path, monkeypatch):
+    # Found in review: Ctrl-C lost everything since the last 5-minute
+    # checkpoint. Now the step in flight finishes, is saved, and resume
+    # reaches the same state as a run never stopped.
+    import os
+    import signal
+
+    from lclr.training import RunInterrupted
+    from lclr_shapes.gan.train import Trainer
+
+    torch.set_num_threads(1)
+    real_step = Trainer.train_step
+
+    def step_then_ctrl_c(self):
+        metrics = real_step(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    with pytest.raises(RunInterrupted, match="--resume"):
+        train(tiny(steps=5), tmp_path / "split")
+    assert load_checkpoint(tmp_path / "split")["step"] == 2
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = train(tiny(steps=5), tmp_path / "split", resume=True)
+    whole = train(tiny(steps=5), tmp_path / "whole")
+    for key, value in whole.G_ema.state_dict().items():
+        assert torch.equal(value, resumed.G_ema.state_dict()[key]), key

@@ -423,8 +423,10 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
     window_t, window_steps = time.monotonic(), 0
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    with open(out / "metrics.jsonl", "a") as metrics_file:
-        while not _done(trainer):
+    from lclr.training import RunInterrupted, _sigint_flag
+
+    with _sigint_flag() as stop, open(out / "metrics.jsonl", "a") as metrics_file:
+        while not _done(trainer) and not stop.is_set():
             metrics = trainer.train_step()
             trainer.elapsed = base + time.monotonic() - started
             window_steps += 1
@@ -476,6 +478,12 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
                 logger.info("checkpoint at step %d", trainer.step)
 
     trainer.save(out)
+    if stop.is_set():
+        # Ctrl-C: the step in flight was finished and saved
+        raise RunInterrupted(
+            f"stopped at step {trainer.step}; resume with: "
+            f"python -m lclr_shapes.gan.train --out {out} --resume"
+        )
     probe.report(trainer, out / "samples")
     logger.info(
         "finished: %d steps, %.1f kimg, %.1f min",
