@@ -183,7 +183,7 @@ def _loop(run: RunState) -> bool:
     hook = get_registry().pm.hook
     hook.lclr_run_start(run=run)
     interrupted = False
-    with _sigint_flag() as stop:
+    with sigint_flag() as stop:
         while run.step < config.iterations:
             metrics = train_step(run)
             run.step += 1
@@ -340,9 +340,9 @@ def _device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def _sigint_flag():
+def sigint_flag():
     """First Ctrl-C sets the flag (the loop stops at the step's end); a second
-    one interrupts at once."""
+    one interrupts at once. Shared by every training loop of the project."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop

@@ -181,13 +181,8 @@ def _stylegan2_samples(
     loaded = load_checkpoint(weights if weights is not None else EMBEDDED_WEIGHTS)
     model = loaded.model.eval()
     c_dim = model.c_dim
-    if c_dim and c_dim != len(SHAPES):
-        from lclr.errors import CheckpointError
-
-        raise CheckpointError(
-            f"the generator has {c_dim} classes but the shapes world has "
-            f"{len(SHAPES)}; pass a generator trained on the shapes world"
-        )
+    if c_dim:
+        _check_classes(c_dim)
     images, classes = [], []
     for start in range(0, n, 100):
         m = min(100, n - start)
@@ -203,6 +198,17 @@ def _stylegan2_samples(
     asked = torch.cat(classes) if classes else None
     names = loaded.meta.get("class_names")
     return torch.cat(images), _as_shapes(asked, names)
+
+
+def _check_classes(c_dim: int) -> None:
+    """Refuse a generator whose class count is not the shapes world's."""
+    if c_dim != len(SHAPES):
+        from lclr.errors import CheckpointError
+
+        raise CheckpointError(
+            f"the generator has {c_dim} classes but the shapes world has "
+            f"{len(SHAPES)}; pass a generator trained on the shapes world"
+        )
 
 
 def _as_shapes(asked: Tensor | None, names) -> Tensor | None:
@@ -223,7 +229,6 @@ def _biggan_samples(
     """Samples of a BigGAN-deep weights folder trained on the shapes world
     (codes: the truncated normal times ``truncation``, the stored batch
     statistics for it) and the shape index asked of each sample."""
-    from lclr.errors import CheckpointError
     from lclr_biggan.generator import load_generator, truncated_normal
 
     if not 0.0 < truncation <= 1.0:
@@ -233,11 +238,7 @@ def _biggan_samples(
     loaded = load_generator(weights)  # the embedded default for None
     model = loaded.model
     c_dim = model.config.num_classes
-    if c_dim != len(SHAPES):
-        raise CheckpointError(
-            f"the generator has {c_dim} classes but the shapes world has "
-            f"{len(SHAPES)}; pass a generator trained on the shapes world"
-        )
+    _check_classes(c_dim)
     images, classes = [], []
     for start in range(0, n, 100):
         m = min(100, n - start)

@@ -166,14 +166,13 @@ class Trainer:
         return G.synthesis(ws, noise_mode="random"), ws, z
 
     def discriminate(self, img: torch.Tensor, c, with_class: bool = False):
-        """D's ``(N,)`` logits for augmented ``img`` (and, ``with_class``,
-        its auxiliary classifier's ``(N, C)`` class logits)."""
+        """D's ``(N,)`` logits for augmented ``img`` and, ``with_class`` in
+        a run with a class loss, its ``(N, C)`` class logits (else None)."""
         cfg = self.config
         img = augment(img, cfg.augment, cfg.augment_p, self.gens["augment"])
-        return self.D(img, c, with_class=with_class)
-
-    def _with_class(self) -> bool:
-        return bool(self.c_dim and self.config.class_loss)
+        if with_class and self.c_dim and cfg.class_loss:
+            return self.D(img, c, with_class=True)
+        return self.D(img, c), None
 
     # One step ---------------------------------------------------------------
 
@@ -190,16 +189,14 @@ class Trainer:
         c_fake = self.sample_classes(n)
         with torch.no_grad():
             fake, _, _ = self.generate(self.G, n, c_fake)
-        logits_fake = self.discriminate(fake, c_fake)
+        logits_fake, _ = self.discriminate(fake, c_fake)
+        logits_real, cls = self.discriminate(real, c_real, with_class=True)
         loss_d = F.softplus(logits_fake).mean()
-        if self._with_class():
+        if cls is not None:
             # AC-GAN: D also learns to name the class of real images
-            logits_real, cls = self.discriminate(real, c_real, with_class=True)
             loss_cls = F.cross_entropy(cls, c_real.argmax(dim=1))
             loss_d = loss_d + cfg.class_loss * loss_cls
             metrics["cls_real"] = loss_cls.item()
-        else:
-            logits_real = self.discriminate(real, c_real)
         loss_d = loss_d + F.softplus(-logits_real).mean()
         self.opt_D.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -211,7 +208,7 @@ class Trainer:
         # Lazy R1: penalise D's gradient on real images.
         if cfg.r1_gamma and self.step % cfg.r1_interval == 0:
             real = real.detach().requires_grad_(True)
-            logits = self.discriminate(real, c_real)
+            logits, _ = self.discriminate(real, c_real)
             (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
             penalty = grad.square().sum(dim=(1, 2, 3))  # (N,)
             loss_r1 = penalty.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval
@@ -229,17 +226,14 @@ class Trainer:
             half = c_fake[: n // 2]
             c_fake = torch.cat([half, half, c_fake[2 * (n // 2) :]])
         fake, _, z = self.generate(self.G, n, c_fake)
-        if self._with_class():
+        logits, cls = self.discriminate(fake, c_fake, with_class=True)
+        loss_g = F.softplus(-logits).mean()
+        metrics["loss_g"] = loss_g.item()
+        if cls is not None:
             # ... and G learns to draw what D names as the asked class
-            logits, cls = self.discriminate(fake, c_fake, with_class=True)
-            loss_g = F.softplus(-logits).mean()
-            metrics["loss_g"] = loss_g.item()
             loss_cls = F.cross_entropy(cls, c_fake.argmax(dim=1))
             loss_g = loss_g + cfg.class_loss * loss_cls
             metrics["cls_fake"] = loss_cls.item()
-        else:
-            loss_g = F.softplus(-self.discriminate(fake, c_fake)).mean()
-            metrics["loss_g"] = loss_g.item()
         if cfg.mode_seeking:
             ratio = mode_seeking_ratio(fake, z)
             loss_g = loss_g + cfg.mode_seeking / (ratio + 1e-5)
@@ -423,9 +417,9 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
     window_t, window_steps = time.monotonic(), 0
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    from lclr.training import RunInterrupted, _sigint_flag
+    from lclr.training import RunInterrupted, sigint_flag
 
-    with _sigint_flag() as stop, open(out / "metrics.jsonl", "a") as metrics_file:
+    with sigint_flag() as stop, open(out / "metrics.jsonl", "a") as metrics_file:
         while not _done(trainer) and not stop.is_set():
             metrics = trainer.train_step()
             trainer.elapsed = base + time.monotonic() - started
