@@ -35,6 +35,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--weights", default=None)
+    parser.add_argument("--generator", default="stylegan2", help="stylegan2 or biggan")
+    parser.add_argument(
+        "-G",
+        dest="generator_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a generator option, e.g. -G class_label=square (repeatable)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--random-sets", type=int, default=5, help="sets of K random directions"
@@ -42,12 +51,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    options = dict(item.split("=", 1) for item in args.generator_options)
     rows = []
     for direction in args.directions.split(","):
         for seed in map(int, args.seeds.split(",")):
             folder = args.out / f"{direction}-seed{seed}"
             config = RunConfig(
-                weights=args.weights, layer=args.layer, direction=direction,
+                generator=args.generator, weights=args.weights,
+                generator_options=options, layer=args.layer, direction=direction,
                 k=args.k, alpha=args.alpha, batch_size=args.batch_size,
                 iterations=args.iterations, seed=seed,
             )  # fmt: skip
@@ -90,7 +101,8 @@ def _random_score(summary: dict) -> float:
 def table(rows: list[dict], args) -> str:
     lines = [
         f"K={args.k}, alpha={args.alpha}, N={args.batch_size}, "
-        f"{args.iterations} iterations, layer {args.layer or 'default'}",
+        f"{args.iterations} iterations, layer {args.layer or 'default'}, "
+        f"generator {args.generator} {' '.join(args.generator_options)}".rstrip(),
         "",
         "| direction model | LatentCLR score (mean ± sd) | random directions "
         "(mean ± sd over sets) | seeds |",

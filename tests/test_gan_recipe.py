@@ -222,3 +222,24 @@ def test_ctrl_c_saves_the_finished_step_and_resume_continues(tmp_path, monkeypat
     whole = train(tiny(steps=5), tmp_path / "whole")
     for key, value in whole.G_ema.state_dict().items():
         assert torch.equal(value, resumed.G_ema.state_dict()[key]), key
+
+
+def test_export_measure_records_the_quality_bar(tmp_path):
+    from click.testing import CliRunner
+
+    from lclr_shapes.gan.cli import export_gan
+
+    chans = {4: 8, 8: 8, 16: 8, 32: 8}
+    train(tiny(size=32, g_channels=chans, d_channels=chans, steps=2), tmp_path / "run")
+    args = [str(tmp_path / "run"), "--to", str(tmp_path / "out"), "--measure"]
+    result = CliRunner().invoke(export_gan, args)
+    assert result.exit_code == 0, result.output
+    assert "quality FAIL" in result.output  # two steps of training draw no shapes
+    facts = json.loads((tmp_path / "out" / "shapes32.json").read_text())
+    quality = facts["quality"]
+    assert quality["passes"] is False and 0 <= quality["good_share"] <= 1
+    assert sorted(quality["class_shares"]) == sorted(
+        ["arrow", "ell", "heart", "crescent"]
+    )
+    assert quality["command"] == "lclr shapes quality (n=1000, seed 0)"
+    assert facts["median_sec_per_step"] > 0 and facts["minutes_at_median_speed"] >= 0

@@ -45,6 +45,7 @@ __all__ = [
     "ERROR_BOUND",
     "frechet_distance",
     "measure_quality",
+    "provenance_summary",
     "quality_of_source",
     "rerender_error",
     "sample_source",
@@ -404,6 +405,38 @@ def quality_of_source(
     if source == "biggan":
         report["truncation"] = truncation
     return report
+
+
+FRECHET_FIGURES = ("samples", "real_floor", "noise")
+
+
+def provenance_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a :func:`quality_of_source` report that a generator's
+    provenance file records (rounded, JSON-able)."""
+    coverage, good = report["coverage"], report["good"]
+    shares, frechet = report["classes"]["shares"], report["frechet"]
+    empty = {k: v for k, v in coverage["empty"].items() if v}
+    summary = {
+        "command": f"lclr shapes quality (n={report['n']}, seed {report['seed']})",
+        "passes": report["pass"],
+        "good_share": round(good["share"], 3),
+        "confident_share": round(good["confident_share"], 3),
+        f"rerender_within_{ERROR_BOUND}": round(good["rerender_share"], 3),
+        "median_rerender_error": round(good["median_error"], 3),
+        "class_shares": {k: round(v, 3) for k, v in shares.items()},
+        "coverage": (
+            "every tenth of every continuous factor"
+            if coverage["pass"]
+            else {"empty_tenths": empty}
+        ),
+        "frechet": {k: round(frechet[k], 2) for k in FRECHET_FIGURES},
+    }
+    if "conditioning_accuracy" in report:
+        drawn = report["conditioning_accuracy"]
+        summary["conditioning_drawn_as_asked"] = round(drawn, 3)
+    if "truncation" in report:
+        summary["truncation"] = report["truncation"]
+    return summary
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ directly. Heavy imports happen inside the commands.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -168,11 +169,22 @@ def train_gan(
     "[default: the weights folder of lclr-stylegan2 or lclr-biggan].",
 )
 @click.option("--name", default="shapes32", show_default=True)
-def export_gan(run_dir, dest, name):
+@click.option(
+    "--measure",
+    is_flag=True,
+    help="Also measure the exported generator against the quality bar "
+    "(n=1000, seed 0) and record the figures in NAME.json.",
+)
+def export_gan(run_dir, dest, name, measure):
     """Export a run's moving-average generator as weights of its plugin:
     StyleGAN2 or BigGAN-deep (config.json + pytorch_model.bin)."""
-    from lclr_shapes.gan.export import export
+    from lclr_shapes.gan.export import export, record_quality
 
-    paths = export(run_dir, dest, name=name)
-    for path in paths:
-        click.echo(str(path))
+    weights, info = export(run_dir, dest, name=name)
+    click.echo(str(weights))
+    click.echo(str(info))
+    if measure:
+        arch = json.loads(info.read_text())["config"]["arch"]
+        quality = record_quality(info, weights, arch)
+        verdict = "PASS" if quality["passes"] else "FAIL"
+        click.echo(f"quality {verdict}: {quality['good_share']:.1%} good; in {info}")

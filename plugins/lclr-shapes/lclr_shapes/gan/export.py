@@ -48,15 +48,23 @@ def _recipe(config: GanConfig) -> str:
     return " ".join(parts)
 
 
-def _mean_speed(run_dir: Path) -> float | None:
-    """Mean seconds per step over the logged windows, or ``None``."""
+def _speeds(run_dir: Path) -> dict[str, float | None]:
+    """Seconds per step: the mean over the run, and the median of the logged
+    windows (what the run costs when nothing else shares the cores, as long
+    as most windows had them to itself)."""
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    records = []
+    if path.is_file():
+        lines = path.read_text().splitlines()
+        records = [json.loads(line) for line in lines if line]
     if not records:
-        return None
-    return records[-1]["minutes"] * 60 / records[-1]["step"]
+        return {"sec_per_step": None, "median_sec_per_step": None}
+    windows = sorted(r["sec_per_step"] for r in records if "sec_per_step" in r)
+    median = windows[len(windows) // 2] if windows else None
+    return {
+        "sec_per_step": records[-1]["minutes"] * 60 / records[-1]["step"],
+        "median_sec_per_step": median,
+    }
 
 
 def export(
@@ -84,9 +92,12 @@ def export(
         "steps": steps,
         "images_seen": nimg,
         "minutes": round(minutes, 2),
-        "sec_per_step": _mean_speed(run_dir),
+        **_speeds(run_dir),
         "finished": finished,
     }
+    median = provenance["median_sec_per_step"]
+    if median is not None:
+        provenance["minutes_at_median_speed"] = round(steps * median / 60, 1)
     if config.arch == "biggan":
         return _export_biggan(G, config, provenance, dest, name)
     from lclr_stylegan2.loading import EMBEDDED_WEIGHTS, save_checkpoint
@@ -156,6 +167,19 @@ def _export_biggan(G, config: GanConfig, provenance: dict, dest, name: str):
     json_path = _write_info(dest / f"{name}.json", info)
     logger.info("exported step %d to %s", provenance["steps"], folder)
     return [folder, json_path]
+
+
+def record_quality(info_path: str | Path, weights: str | Path, arch: str) -> dict:
+    """Measure the exported generator with ``lclr shapes quality``'s bar
+    (n=1000, seed 0) and record the figures in its provenance file."""
+    from lclr_shapes.quality import provenance_summary, quality_of_source
+
+    info_path = Path(info_path)
+    report = quality_of_source(arch, weights=str(weights), n=1000, seed=0)
+    info = json.loads(info_path.read_text())
+    info["quality"] = provenance_summary(report)
+    _write_info(info_path, info)
+    return info["quality"]
 
 
 def _write_info(path: Path, info: dict) -> Path:
