@@ -487,6 +487,7 @@ class SynthesisInput(Persistent):
     def __init__(self):
         super().__init__()
         self.register_buffer("freqs", torch.randn(4, 2))
+        self.size = np.array([36, 36])  # StyleGAN3 keeps NumPy arrays
 
 
 def test_stylegan3_is_named(tmp_path, marker):

@@ -16,7 +16,8 @@ only record data:
   legacy ``torch.save`` stream inside ``torch.storage._load_from_bytes`` is
   parsed by this module, never handed to torch's own loader, which would
   unpickle it without ``weights_only``);
-- NumPy scalars are decoded from their bytes; ``dnnlib.EasyDict`` is a dict.
+- NumPy scalars and arrays are decoded from their bytes; ``dnnlib.EasyDict``
+  is a dict.
 
 Any other global is refused with :class:`Refused`, before anything is built.
 """
@@ -24,6 +25,7 @@ Any other global is refused with :class:`Refused`, before anything is built.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -130,6 +132,39 @@ def numpy_scalar(dtype: Any, data: Any = b"") -> Any:
         return struct.unpack(order + fmt, data)[0]
     except struct.error:
         raise Refused("a numpy scalar with the wrong number of bytes") from None
+
+
+class NumpyArray:
+    """Stand-in for a pickled ``numpy.ndarray``: its shape, code and data.
+
+    Numbers are decoded into a flat tuple ``values``; arrays of other
+    types keep their raw bytes (or, for object arrays, their items, which
+    were unpickled under the same rules).
+    """
+
+    def __init__(self, cls: Any = None, shape: Any = (0,), typecode: Any = b"b"):
+        if cls is not NumpyArray:
+            raise Refused("a numpy array of a class other than ndarray")
+        self.shape: tuple = ()
+        self.code = ""
+        self.values: Any = ()
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise Refused("a numpy array with unexpected state")
+        _, shape, dtype, _, raw = state
+        self.shape = _int_tuple(shape, "shape")
+        self.code = getattr(dtype, "code", "")
+        fmt = NUMPY_SCALARS.get(self.code)
+        count = math.prod(self.shape)
+        if fmt is None or not isinstance(raw, bytes):
+            self.values = raw
+            return
+        order = ">" if dtype.order == ">" else "<"
+        try:
+            self.values = struct.unpack(f"{order}{count}{fmt}", raw)
+        except struct.error:
+            raise Refused("a numpy array with the wrong number of bytes") from None
 
 
 class StorageType:
@@ -370,8 +405,11 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): load_from_bytes,
     ("numpy", "dtype"): NumpyDType,
+    ("numpy", "ndarray"): NumpyArray,
     ("numpy.core.multiarray", "scalar"): numpy_scalar,
     ("numpy._core.multiarray", "scalar"): numpy_scalar,
+    ("numpy.core.multiarray", "_reconstruct"): NumpyArray,
+    ("numpy._core.multiarray", "_reconstruct"): NumpyArray,
     **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
 }
 # Inside a storage's own stream: only the storage types and containers.
