@@ -292,7 +292,14 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, Any, dict]:
         return _split(read(path), path)
     data = read_pickle(path, kind)
     G = nvidia.find_generator(data, str(path))
-    arch, sd, w_avg = nvidia.convert(G, str(path))
+    try:
+        arch, sd, w_avg = nvidia.convert(G, str(path))
+    except (ValueError, TypeError, IndexError, RuntimeError, OverflowError) as e:
+        # data the converter did not foresee: the file's fault, not a bug
+        raise CheckpointError(
+            f"'{path}' holds a malformed StyleGAN2 generator ({type(e).__name__}"
+            f": {_first_line(e)}); pass an unmodified network pickle"
+        ) from None
     return sd, w_avg, {"arch": arch, "source": "nvidia-pickle"}
 
 

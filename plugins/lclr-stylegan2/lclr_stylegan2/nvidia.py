@@ -97,6 +97,8 @@ class _Reader:
         value = obj.attr(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(f"{key}.{name} is not a number")
+        if not math.isfinite(value) or abs(value) > 2**20:
+            raise self.fail(f"{key}.{name} is out of range: {value}")
         return float(value)
 
 
