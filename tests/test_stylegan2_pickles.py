@@ -533,3 +533,22 @@ def test_unsupported_layouts_are_refused_clearly(tmp_path, marker):
     path = dump(tmp_path / "net.pkl", snapshot(G), marker)
     with pytest.raises(CheckpointError, match="architecture 'resnet'"):
         load_checkpoint(path)
+
+
+def test_damaged_pickles_fail_in_one_line(tmp_path, marker):
+    # Bytes changed at random: every outcome is a load or one clear line.
+    path = dump(tmp_path / "net.pkl", snapshot(make_generator(res=16)), marker)
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    errors = 0
+    for _ in range(40):
+        damaged = bytearray(data)
+        for at in rng.integers(0, len(data), size=3):
+            damaged[at] = int(rng.integers(0, 256))
+        (tmp_path / "bad.pkl").write_bytes(bytes(damaged))
+        try:
+            load_checkpoint(tmp_path / "bad.pkl")
+        except CheckpointError as e:
+            assert "\n" not in str(e)
+            errors += 1
+    assert errors > 0

@@ -19,6 +19,7 @@ No path runs code from the file.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -173,8 +174,10 @@ def _check_file(path: Path) -> None:
 
 
 def _first_line(e: Exception) -> str:
+    """``"Type: first line"`` of an exception's message, shortened."""
     text = str(e).strip()
-    return text.splitlines()[0][:120] if text else ""
+    first = text.splitlines()[0][:120] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def read(path: str | os.PathLike) -> Any:
@@ -194,7 +197,7 @@ def read(path: str | os.PathLike) -> Any:
                 "tensors; convert it to a plain {'g_ema': state_dict} file"
             ) from None
         raise CheckpointError(
-            f"'{path}' is not a PyTorch checkpoint ({type(e).__name__}: "
+            f"'{path}' is not a PyTorch checkpoint ("
             f"{_first_line(e)}); pass a .pt file written by torch.save"
         ) from None
 
@@ -232,19 +235,21 @@ def read_pickle(path: Path, kind: str) -> Any:
     try:
         if kind == "nvidia-zip":
             return safe_pickle.load_zip(path)
-        with open(path, "rb") as f:
-            return safe_pickle.loads_stream(f)
+        # from memory: a corrupt length then reads short instead of asking
+        # for a buffer of that length
+        return safe_pickle.loads_stream(io.BytesIO(path.read_bytes()))
     except safe_pickle.Refused as e:
         raise CheckpointError(f"refused to load '{path}': {e}") from None
     except Exception as e:  # noqa: BLE001 - any failure is the file's fault
-        if isinstance(e, (EOFError, zipfile.BadZipFile)) or "truncated" in str(e):
+        cut = isinstance(e, (EOFError, zipfile.BadZipFile, MemoryError))
+        if cut or "truncated" in str(e):
             raise CheckpointError(
-                f"'{path}' is truncated or corrupt ({type(e).__name__}: "
+                f"'{path}' is truncated or corrupt ("
                 f"{_first_line(e)}); download or copy it again"
             ) from None
         raise CheckpointError(
             f"'{path}' is not a PyTorch checkpoint or network pickle "
-            f"({type(e).__name__}: {_first_line(e)}); pass a StyleGAN2 .pt, "
+            f"({_first_line(e)}); pass a StyleGAN2 .pt, "
             ".pkl or .safetensors file"
         ) from None
 
@@ -266,8 +271,7 @@ def read_safetensors(path: Path) -> tuple[dict, Any, dict]:
             meta["arch"] = json.loads(header["arch"])
     except Exception as e:  # noqa: BLE001 - any failure is the file's fault
         raise CheckpointError(
-            f"'{path}' is truncated or corrupt ({type(e).__name__}: "
-            f"{_first_line(e)}); export it again"
+            f"'{path}' is truncated or corrupt ({_first_line(e)}); export it again"
         ) from None
     if header.get("format", FORMAT) != FORMAT or not isinstance(meta, dict):
         raise CheckpointError(
@@ -297,8 +301,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, Any, dict]:
     except (ValueError, TypeError, IndexError, RuntimeError, OverflowError) as e:
         # data the converter did not foresee: the file's fault, not a bug
         raise CheckpointError(
-            f"'{path}' holds a malformed StyleGAN2 generator ({type(e).__name__}"
-            f": {_first_line(e)}); pass an unmodified network pickle"
+            f"'{path}' holds a malformed StyleGAN2 generator ("
+            f"{_first_line(e)}); pass an unmodified network pickle"
         ) from None
     return sd, w_avg, {"arch": arch, "source": "nvidia-pickle"}
 

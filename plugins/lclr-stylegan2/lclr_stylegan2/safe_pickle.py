@@ -192,9 +192,10 @@ class Storage:
         if len(raw) != nbytes:
             raise Refused(f"a storage of {len(raw)} bytes where {nbytes} belong")
         if nbytes:
-            self.flat.view(torch.uint8).copy_(
-                torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-            )
+            buf = bytearray(raw)  # outlives the tensor that borrows it
+            src = torch.frombuffer(buf, dtype=torch.uint8)
+            self.flat.view(torch.uint8).copy_(src)
+            del src
         self.filled = True
 
 
