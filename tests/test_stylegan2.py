@@ -255,6 +255,74 @@ def test_bare_state_dict_and_training_checkpoint(tmp_path, model):
     torch.testing.assert_close(gen.latent_avg, again.latent_avg)
 
 
+def test_port_training_snapshot(tmp_path, model, caplog):
+    # What the port's train.py saves: g, d, g_ema, optimiser states, args.
+    g_optim = torch.optim.Adam(model.parameters(), lr=0.002, betas=(0.0, 0.99))
+    model(torch.randn(2, 16)).mean().backward()
+    g_optim.step()
+    d = torch.nn.Linear(4, 1)
+    d_optim = torch.optim.Adam(d.parameters())
+    args = argparse.Namespace(size=32, n_mlp=2, latent=16, path="lmdb", r1=10.0)
+    snap = {
+        "g": model.state_dict(),
+        "d": d.state_dict(),
+        "g_ema": model.state_dict(),
+        "g_optim": g_optim.state_dict(),
+        "d_optim": d_optim.state_dict(),
+        "args": args,
+    }
+    torch.save(snap, tmp_path / "010000.pt")
+    with caplog.at_level("WARNING", logger="lclr"):
+        gen = load_generator(tmp_path / "010000.pt")
+    assert "no average w (latent_avg); estimated" in caplog.text
+    expected = model.mean_latent(4096, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(gen.latent_avg, expected)
+    codes = gen.sample_latent(2, seed=0)
+    torch.testing.assert_close(
+        gen.synthesize(codes), load_generator(tmp_path / "010000.pt").synthesize(codes)
+    )
+
+
+def test_lclr_format_round_trip(tmp_path):
+    model = StyleGAN2(16, style_dim=8, n_mlp=3, channels=TINY, c_dim=2,
+                      conv_clamp=0.5, z_dim=6, embed_dim=4).eval()  # fmt: skip
+    avg = model.mean_latent(16)
+    path = loading.save_generator(tmp_path / "g.safetensors", model, avg,
+                                  {"class_names": ["x", "y"]})  # fmt: skip
+    loaded = load_checkpoint(path)
+    assert loading.architecture(loaded.model) == loading.architecture(model)
+    assert loaded.model.conv_clamp == 0.5 and loaded.model.z_dim == 6
+    assert loaded.meta["class_names"] == ["x", "y"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v), k
+    assert torch.equal(loaded.latent_avg, avg)
+    from safetensors.torch import save_file
+
+    save_file(dict(model.state_dict()), tmp_path / "bare.safetensors")
+    bare = load_checkpoint(tmp_path / "bare.safetensors", arch={"conv_clamp": 0.5})
+    w = torch.randn(2, 8)
+    assert torch.equal(bare.model.synthesis(w), model.synthesis(w))
+    save_file({"x": torch.zeros(2)}, tmp_path / "o.safetensors", {"format": "pt"})
+    with pytest.raises(CheckpointError, match="safetensors file of 'pt'"):
+        load_checkpoint(tmp_path / "o.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.safetensors")
+
+
+def test_conv_clamp_clamps_layers_and_rgb():
+    torch.manual_seed(0)
+    free = StyleGAN2(16, style_dim=8, n_mlp=1, channels=TINY).eval()
+    clamped = StyleGAN2(16, style_dim=8, n_mlp=1, channels=TINY, conv_clamp=0.25)
+    clamped.load_state_dict(free.state_dict())
+    w = torch.randn(2, 8)
+    for index in range(3):
+        assert clamped.features(w, index).abs().max() <= 0.25
+        assert free.features(w, index).abs().max() > 0.25
+    assert not torch.allclose(free.synthesis(w), clamped.synthesis(w))
+
+
 def test_missing_noise_drawn_from_seed(tmp_path, model):
     sd = {k: v for k, v in model.state_dict().items() if "noises" not in k}
     torch.save({"g_ema": sd}, tmp_path / "g.pt")

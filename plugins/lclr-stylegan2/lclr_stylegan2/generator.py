@@ -20,7 +20,7 @@ from lclr.errors import CheckpointError, ConfigError, UnknownComponentError, cho
 from lclr.interfaces import Generator, random_stream
 
 from .loading import EMBEDDED_WEIGHTS, architecture, load_checkpoint
-from .model import StyleGAN2
+from .model import StyleGAN2, truncate
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ class StyleGAN2Generator(Generator):
     ``class_label`` is an index, a name from ``class_names``, or ``None`` for
     a random class per sample (conditional networks only). ``truncation`` is
     psi: sampled w are pulled towards ``latent_avg``.
+
+    ``truncation_cutoff`` (NVIDIA's option) truncates only the first that
+    many per-layer codes. Then sampled w are left untruncated, and the
+    truncation is applied to those layers when codes are synthesised, so an
+    edit made in W is scaled by psi there as well.
     """
 
     def __init__(
@@ -46,17 +51,24 @@ class StyleGAN2Generator(Generator):
         class_label: int | str | None = None,
         class_names: Sequence[str] | None = None,
         info: Mapping[str, Any] | None = None,
+        truncation_cutoff: int | None = None,
     ):
         super().__init__()
         if space not in ("w", "z"):
             raise ConfigError(f"space must be 'w' or 'z', got {space!r}")
         if not 0.0 < truncation <= 1.0:
             raise ConfigError(f"truncation must be in (0, 1], got {truncation}")
+        if truncation_cutoff is not None and not truncation_cutoff > 0:
+            raise ConfigError(
+                f"truncation_cutoff must be >= 1 or unset, got {truncation_cutoff}"
+            )
         self.model = model
-        self.latent_dim = model.style_dim
+        self.latent_dim = model.z_dim if space == "z" else model.style_dim
         self.space = space
         self.num_codes = model.n_latent
         self.truncation = float(truncation)
+        cutoff = truncation_cutoff
+        self.cutoff = None if cutoff is None or cutoff >= model.n_latent else cutoff
         self.class_names = list(class_names or [])
         self.class_index = self._class_index(class_label)
         if space == "z" and model.c_dim > 0 and self.class_index is None:
@@ -68,7 +80,13 @@ class StyleGAN2Generator(Generator):
         if latent_avg is None:
             gen = torch.Generator().manual_seed(MEAN_LATENT_SEED)
             latent_avg = model.mean_latent(MEAN_LATENT_SAMPLES, generator=gen)
-            log.info("no latent_avg in the checkpoint; computed from seed 0")
+            log.warning(
+                "%s has no average w (latent_avg); estimated from %d samples "
+                "of its mapping network (seed %d)",
+                (info or {}).get("weights", "the checkpoint"),
+                MEAN_LATENT_SAMPLES,
+                MEAN_LATENT_SEED,
+            )
         self.register_buffer("latent_avg", latent_avg.detach().reshape(-1).clone())
         self._names = [name for name, _ in model.styled_convs()]
         self.requires_grad_(False)
@@ -139,6 +157,8 @@ class StyleGAN2Generator(Generator):
             "truncation": self.truncation,
             "class_index": self.class_index,
         }
+        if self.cutoff is not None:
+            facts["truncation_cutoff"] = self.cutoff
         if self.class_names:
             facts["class_names"] = self.class_names
         facts.update(self.info)
@@ -158,10 +178,16 @@ class StyleGAN2Generator(Generator):
         return F.one_hot(idx, c_dim).float().to(self.latent_avg.device)
 
     def _truncate(self, w: torch.Tensor) -> torch.Tensor:
-        """Pull w towards ``latent_avg`` by psi (no-op at psi = 1)."""
-        if self.truncation == 1.0:
+        """Pull sampled w towards ``latent_avg`` by psi (all layers)."""
+        if self.truncation == 1.0 or self.cutoff is not None:
             return w
         return self.latent_avg + self.truncation * (w - self.latent_avg)
+
+    def _truncate_layers(self, ws: torch.Tensor) -> torch.Tensor:
+        """With a cutoff: truncate the first codes of ``ws`` -> (N, L, D)."""
+        if self.truncation == 1.0 or self.cutoff is None:
+            return ws
+        return truncate(ws, self.latent_avg, self.truncation, self.cutoff, self.model)
 
     def sample_latent(
         self,
@@ -191,14 +217,15 @@ class StyleGAN2Generator(Generator):
                 f"(N, {self.num_codes}, {self.latent_dim}); got {tuple(codes.shape)}"
             )
         if self.space == "w":
-            return codes
-        flat = codes.reshape(-1, self.latent_dim)  # (N*L, D) z
+            return self._truncate_layers(codes)
+        flat = codes.reshape(-1, self.latent_dim)  # (N*L, z_dim) z
         c = None
         if self.model.c_dim > 0:
             idx = torch.full((flat.shape[0],), self.class_index, device=flat.device)
             c = F.one_hot(idx, self.model.c_dim).float()
         w = self._truncate(self.model.mapping(flat, c))
-        return w.reshape(codes.shape)
+        w = w.reshape(*codes.shape[:-1], self.model.style_dim)
+        return self._truncate_layers(w)
 
     def features(self, codes: torch.Tensor, layer: str) -> torch.Tensor:
         """``(N, C, H, W)`` output of ``layer``; nothing after it runs."""
@@ -219,11 +246,14 @@ def load_generator(
     class_label: int | str | None = None,
     noise_seed: int = 0,
     arch: Mapping[str, Any] | None = None,
+    truncation_cutoff: int | None = None,
 ) -> StyleGAN2Generator:
-    """A :class:`StyleGAN2Generator` from a checkpoint, or the embedded one.
+    """A :class:`StyleGAN2Generator` from any weights file, or the embedded one.
 
-    ``arch`` states parts of the architecture (size, style_dim, n_mlp,
-    channel_multiplier, c_dim) instead of inferring them from the file.
+    ``weights`` is any file :func:`~.loading.read_weights` reads (the port's
+    ``.pt``, NVIDIA's ``.pkl``, lclr's ``.safetensors``...). ``arch`` states
+    parts of the architecture (size, style_dim, n_mlp, channel_multiplier,
+    c_dim, conv_clamp) instead of taking them from the file.
     """
     path = EMBEDDED_WEIGHTS if weights is None else weights
     if weights is None and not EMBEDDED_WEIGHTS.is_file():
@@ -232,6 +262,9 @@ def load_generator(
             "missing from this install; pass --weights with a checkpoint"
         )
     loaded = load_checkpoint(path, arch=arch, noise_seed=noise_seed)
+    info = {"weights": "embedded" if weights is None else str(path)}
+    if loaded.meta.get("source"):
+        info["source"] = loaded.meta["source"]
     return StyleGAN2Generator(
         loaded.model,
         loaded.latent_avg,
@@ -239,5 +272,6 @@ def load_generator(
         truncation=truncation,
         class_label=class_label,
         class_names=loaded.meta.get("class_names"),
-        info={"weights": "embedded" if weights is None else str(path)},
+        info=info,
+        truncation_cutoff=truncation_cutoff,
     )

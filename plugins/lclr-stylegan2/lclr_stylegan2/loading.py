@@ -1,20 +1,31 @@
 """Reading and writing StyleGAN2 checkpoints, safely.
 
-The layout is the one the common PyTorch port and its converter write:
-``{"g_ema": state_dict, "latent_avg": (D,) tensor}``, optionally with
-``"lclr_meta"`` (plain JSON-able data: the architecture and class names).
-A bare state dict is accepted too. Files are read with
-``torch.load(..., weights_only=True)``, so loading never runs code from them.
+What a file is, is decided by its content, not its name:
+
+- lclr's own format (:func:`save_generator`): safetensors whose metadata
+  holds the architecture as JSON; read with ``safetensors``.
+- The PyTorch port's layout, ``{"g_ema": state_dict, "latent_avg": (D,)}``,
+  optionally with ``"lclr_meta"`` (JSON-able: the architecture, class
+  names); its training snapshots (``g``, ``d``, ``g_ema``, optimiser states,
+  an ``args`` namespace); a bare state dict. Read with
+  ``torch.load(..., weights_only=True)``.
+- NVIDIA's network pickles (stylegan2-ada-pytorch, stylegan3; plain pickles
+  or torch zip files): read by :mod:`.safe_pickle`, converted by
+  :mod:`.nvidia`.
+
+No path runs code from the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +35,7 @@ import torch
 
 from lclr.errors import CheckpointError
 
+from . import nvidia, safe_pickle
 from .model import StyleGAN2, standard_channels
 
 log = logging.getLogger(__name__)
@@ -31,7 +43,17 @@ log = logging.getLogger(__name__)
 EMBEDDED_WEIGHTS = Path(__file__).parent / "weights" / "shapes32.pt"
 """The default weights shipped with the package (the shapes world, 32 px)."""
 
-ARCH_FIELDS = ("size", "style_dim", "n_mlp", "channel_multiplier", "c_dim")
+ARCH_FIELDS = (
+    "size",
+    "style_dim",
+    "n_mlp",
+    "channel_multiplier",
+    "c_dim",
+    "conv_clamp",
+)
+FORMAT = "lclr-stylegan2"  # the "format" metadata of lclr's safetensors files
+FORMAT_VERSION = "1"
+TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # legacy torch.save
 
 
 @attrs.frozen
@@ -45,8 +67,12 @@ class Loaded:
 
 
 def architecture(model: StyleGAN2) -> dict[str, Any]:
-    """The JSON-able constructor arguments that rebuild ``model``."""
-    return {
+    """The JSON-able constructor arguments that rebuild ``model``.
+
+    ``conv_clamp``, ``z_dim`` and ``embed_dim`` appear only when they differ
+    from their defaults.
+    """
+    arch = {
         "size": model.size,
         "style_dim": model.style_dim,
         "n_mlp": model.n_mlp,
@@ -55,6 +81,13 @@ def architecture(model: StyleGAN2) -> dict[str, Any]:
         "lr_mlp": model.lr_mlp,
         "blur_kernel": list(model.blur_kernel),
     }
+    if model.conv_clamp is not None:
+        arch["conv_clamp"] = model.conv_clamp
+    if model.z_dim != model.style_dim:
+        arch["z_dim"] = model.z_dim
+    if model.c_dim > 0 and model.embed_dim != model.style_dim:
+        arch["embed_dim"] = model.embed_dim
+    return arch
 
 
 def infer_architecture(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -86,6 +119,13 @@ def infer_architecture(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "channels": {r: int(c) for r, c in channels.items()},
         "c_dim": int(sd["embed.weight"].shape[1]) if "embed.weight" in sd else 0,
     }
+    embed = sd.get("embed.weight")
+    embed_dim = int(embed.shape[0]) if embed is not None else 0
+    first = sd.get("style.1.weight")
+    if embed_dim and embed_dim != style_dim:
+        arch["embed_dim"] = embed_dim
+    if first is not None and first.shape[1] - embed_dim != style_dim:
+        arch["z_dim"] = int(first.shape[1] - embed_dim)
     blur = sd.get("convs.0.conv.blur.kernel")
     if blur is not None and blur.ndim == 2 and not blur.is_meta:
         arch["blur_kernel"] = [float(t) for t in blur.sum(dim=1)]
@@ -112,6 +152,11 @@ def build(arch: Mapping[str, Any]) -> StyleGAN2:
         "c_dim": int(arch.get("c_dim", 0)),
         "lr_mlp": float(arch.get("lr_mlp", 0.01)),
     }
+    for name in ("z_dim", "embed_dim"):
+        if arch.get(name):
+            kwargs[name] = int(arch[name])
+    if arch.get("conv_clamp") is not None:
+        kwargs["conv_clamp"] = float(arch["conv_clamp"])
     if arch.get("blur_kernel"):
         kwargs["blur_kernel"] = tuple(arch["blur_kernel"])
     try:
@@ -120,29 +165,146 @@ def build(arch: Mapping[str, Any]) -> StyleGAN2:
         raise CheckpointError(f"cannot build StyleGAN2: {e}") from None
 
 
-def read(path: str | os.PathLike) -> Any:
-    """``torch.load`` a file safely, turning every failure into one line."""
-    path = Path(path)
+def _check_file(path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(
             f"weights file '{path}' does not exist or is not a file; "
-            "pass --weights with a StyleGAN2 .pt checkpoint"
+            "pass --weights with a StyleGAN2 checkpoint or network pickle"
         )
+
+
+def _first_line(e: Exception) -> str:
+    """``"Type: first line"`` of an exception's message, shortened."""
+    text = str(e).strip()
+    first = text.splitlines()[0][:120] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def read(path: str | os.PathLike) -> Any:
+    """``torch.load`` a file safely, turning every failure into one line."""
+    path = Path(path)
+    _check_file(path)
     try:
-        # training checkpoints of the port keep their argparse options
+        # Training snapshots of the port keep their argparse options. A
+        # Namespace is safe to allow: unpickling makes an empty one and fills
+        # its __dict__; no method of the file's choosing runs.
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure is the file's fault
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if "weights_only" in str(e) or "Weights only load failed" in str(e):
             raise CheckpointError(
                 f"refused to load '{path}': it holds Python objects, not only "
                 "tensors; convert it to a plain {'g_ema': state_dict} file"
             ) from None
         raise CheckpointError(
-            f"'{path}' is not a PyTorch checkpoint ({type(e).__name__}: "
-            f"{first[:120]}); pass a .pt file written by torch.save"
+            f"'{path}' is not a PyTorch checkpoint ("
+            f"{_first_line(e)}); pass a .pt file written by torch.save"
         ) from None
+
+
+def sniff(path: Path) -> str:
+    """What a file holds, from its first bytes and nothing else.
+
+    ``"safetensors"``, ``"torch"`` (a torch zip file or legacy stream that
+    ``torch.load`` reads), ``"nvidia-zip"`` (a torch zip file holding
+    NVIDIA's persistent networks), or ``"pickle"`` (anything else: a plain
+    pickle stream, such as NVIDIA's ``.pkl``, or not a checkpoint at all).
+    """
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) > 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= path.stat().st_size - 8:
+            return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+                if len(names) == 1 and b"torch_utils" in zf.read(names[0]):
+                    return "nvidia-zip"
+        except (zipfile.BadZipFile, OSError, EOFError):
+            pass
+        return "torch"
+    if head.startswith(TORCH_MAGIC):
+        return "torch"
+    return "pickle"
+
+
+def read_pickle(path: Path, kind: str) -> Any:
+    """An NVIDIA network pickle (plain or zip), read by the safe unpickler."""
+    try:
+        if kind == "nvidia-zip":
+            return safe_pickle.load_zip(path)
+        # from memory: a corrupt length then reads short instead of asking
+        # for a buffer of that length
+        return safe_pickle.loads_stream(io.BytesIO(path.read_bytes()))
+    except safe_pickle.Refused as e:
+        raise CheckpointError(f"refused to load '{path}': {e}") from None
+    except Exception as e:  # noqa: BLE001 - any failure is the file's fault
+        cut = isinstance(e, (EOFError, zipfile.BadZipFile, MemoryError))
+        if cut or "truncated" in str(e):
+            raise CheckpointError(
+                f"'{path}' is truncated or corrupt ("
+                f"{_first_line(e)}); download or copy it again"
+            ) from None
+        raise CheckpointError(
+            f"'{path}' is not a PyTorch checkpoint or network pickle "
+            f"({_first_line(e)}); pass a StyleGAN2 .pt, "
+            ".pkl or .safetensors file"
+        ) from None
+
+
+def read_safetensors(path: Path) -> tuple[dict, Any, dict]:
+    """``(state_dict, latent_avg or None, meta)`` of a safetensors file.
+
+    lclr's own files carry ``format``, ``arch`` and ``meta`` metadata; a
+    safetensors file without them is read as a bare state dict.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = json.loads(header.get("meta", "{}"))
+        if "arch" in header:
+            meta["arch"] = json.loads(header["arch"])
+    except Exception as e:  # noqa: BLE001 - any failure is the file's fault
+        raise CheckpointError(
+            f"'{path}' is truncated or corrupt ({_first_line(e)}); export it again"
+        ) from None
+    if header.get("format", FORMAT) != FORMAT or not isinstance(meta, dict):
+        raise CheckpointError(
+            f"'{path}' is a safetensors file of '{header.get('format')}', not "
+            "an lclr StyleGAN2 generator; pass one written by export-generator"
+        )
+    return sd, sd.pop("latent_avg", None), meta
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict, Any, dict]:
+    """``(state_dict, latent_avg or None, meta)`` from any supported file.
+
+    The state dict is in this plugin's layout; ``meta`` may hold ``arch``
+    (the architecture), ``class_names`` and ``source`` (what the file was).
+    """
+    path = Path(path)
+    _check_file(path)
+    kind = sniff(path)
+    if kind == "safetensors":
+        return read_safetensors(path)
+    if kind == "torch":
+        return _split(read(path), path)
+    data = read_pickle(path, kind)
+    G = nvidia.find_generator(data, str(path))
+    try:
+        arch, sd, w_avg = nvidia.convert(G, str(path))
+    except (ValueError, TypeError, IndexError, RuntimeError, OverflowError) as e:
+        # data the converter did not foresee: the file's fault, not a bug
+        raise CheckpointError(
+            f"'{path}' holds a malformed StyleGAN2 generator ("
+            f"{_first_line(e)}); pass an unmodified network pickle"
+        ) from None
+    return sd, w_avg, {"arch": arch, "source": "nvidia-pickle"}
 
 
 def _split(ckpt: Any, path: Path) -> tuple[dict, Any, dict]:
@@ -155,6 +317,8 @@ def _split(ckpt: Any, path: Path) -> tuple[dict, Any, dict]:
     if "g_ema" in ckpt:
         sd, latent_avg = ckpt["g_ema"], ckpt.get("latent_avg")
         meta = ckpt.get("lclr_meta") or {}
+        if latent_avg is None and ({"g", "d", "args"} & set(ckpt)):
+            meta = {**meta, "source": "port-training-snapshot"}
     elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         sd, latent_avg, meta = dict(ckpt), None, {}
     else:
@@ -223,19 +387,23 @@ def load_checkpoint(
 ) -> Loaded:
     """Read a checkpoint and load it into a matching :class:`StyleGAN2`.
 
-    The architecture comes from ``arch`` where given (keys of
-    :data:`ARCH_FIELDS`), else from the file's ``lclr_meta``, else is inferred
-    from the state dict. Absent noise buffers are drawn from ``noise_seed``.
-    Every problem is a :class:`CheckpointError`.
+    Any file :func:`read_weights` reads. The architecture comes from
+    ``arch`` where given (keys of :data:`ARCH_FIELDS`), else from the file
+    (lclr's metadata, a pickle's modules), else is inferred from the state
+    dict. Absent noise buffers are drawn from ``noise_seed``. Every problem
+    is a :class:`CheckpointError`.
     """
     path = Path(path)
-    sd, latent_avg, meta = _split(read(path), path)
+    sd, latent_avg, meta = read_weights(path)
     spec = dict(meta.get("arch") or infer_architecture(sd))
     given = {k: v for k, v in (arch or {}).items() if v is not None}
     if "channel_multiplier" in given or "size" in given:
         spec.pop("channels", None)  # the user states the standard table
     spec.update(given)
     model = build(spec)
+    for key, value in model.state_dict().items():
+        if key.endswith(("blur.kernel", "upsample.kernel")):
+            sd.setdefault(key, value)  # fixed FIR filters, from the arch
     _fill_noise(sd, model, noise_seed)
     _check_keys(model, sd, path)
     model.load_state_dict(sd, strict=True)
@@ -285,6 +453,42 @@ def save_checkpoint(
     return path
 
 
+def save_generator(
+    path: str | os.PathLike,
+    model: StyleGAN2,
+    latent_avg: torch.Tensor | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write lclr's own format: safetensors plus JSON metadata, atomically.
+
+    Tensors: the state dict and ``latent_avg``. Metadata: ``format``,
+    ``format_version``, ``arch`` (:func:`architecture`) and ``meta``
+    (JSON-able, e.g. ``{"class_names": [...]}``).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if latent_avg is not None:
+        tensors["latent_avg"] = latent_avg.detach().cpu().reshape(-1).float()
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": json.dumps(architecture(model)),
+        "meta": json.dumps(dict(meta or {})),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 __all__ = [
     "ARCH_FIELDS",
     "EMBEDDED_WEIGHTS",
@@ -293,6 +497,8 @@ __all__ = [
     "build",
     "infer_architecture",
     "load_checkpoint",
+    "read_weights",
     "save_checkpoint",
+    "save_generator",
     "standard_channels",
 ]

@@ -261,8 +261,10 @@ class StyledConv(nn.Module):
         style_dim: int,
         upsample: bool = False,
         blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        conv_clamp: float | None = None,
     ):
         super().__init__()
+        self.conv_clamp = conv_clamp
         self.conv = ModulatedConv2d(
             in_channel,
             out_channel,
@@ -276,11 +278,18 @@ class StyledConv(nn.Module):
 
     def forward(self, x, w, noise=None):
         """``x`` (N, I, H, W), ``w`` (N, D) -> (N, O, H', W')."""
-        return self.activate(self.noise(self.conv(x, w), noise))
+        out = self.activate(self.noise(self.conv(x, w), noise))
+        if self.conv_clamp is not None:
+            out = out.clamp(-self.conv_clamp, self.conv_clamp)
+        return out
 
 
 class ToRGB(nn.Module):
-    """1x1 modulated conv to RGB (not demodulated), plus the upsampled skip."""
+    """1x1 modulated conv to RGB (not demodulated), plus the upsampled skip.
+
+    With ``conv_clamp`` the layer's own output (before the skip is added) is
+    clamped to +-conv_clamp.
+    """
 
     def __init__(
         self,
@@ -288,8 +297,10 @@ class ToRGB(nn.Module):
         style_dim: int,
         upsample: bool = True,
         blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        conv_clamp: float | None = None,
     ):
         super().__init__()
+        self.conv_clamp = conv_clamp
         if upsample:
             self.upsample = Upsample(blur_kernel)
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
@@ -298,6 +309,8 @@ class ToRGB(nn.Module):
     def forward(self, x, w, skip=None):
         """``x`` (N, C, H, W) -> (N, 3, H, W), added to the upsampled skip."""
         out = self.conv(x, w) + self.bias
+        if self.conv_clamp is not None:
+            out = out.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -308,8 +321,11 @@ class StyleGAN2(nn.Module):
 
     ``channels`` overrides entries of :func:`standard_channels` (keys are
     resolutions), which makes tiny networks possible. With ``c_dim > 0`` the
-    mapping is class-conditional: ``embed(c)`` is normalised like z and
-    concatenated to it before the MLP.
+    mapping is class-conditional: ``embed(c)`` (``embed_dim`` wide) is
+    normalised like z and concatenated to it before the MLP. ``z_dim`` and
+    ``embed_dim`` default to ``style_dim``. ``conv_clamp`` clamps every
+    synthesis layer's output and every to-RGB output to +-conv_clamp, as
+    NVIDIA's ADA-trained networks do.
     """
 
     def __init__(
@@ -322,19 +338,27 @@ class StyleGAN2(nn.Module):
         c_dim: int = 0,
         blur_kernel: Sequence[float] = (1, 3, 3, 1),
         lr_mlp: float = 0.01,
+        conv_clamp: float | None = None,
+        z_dim: int | None = None,
+        embed_dim: int | None = None,
     ):
         super().__init__()
         log_size = int(math.log2(size)) if size > 0 else 0
         if size < 8 or 2**log_size != size:
             raise ValueError(f"size must be a power of two >= 8, got {size}")
+        if conv_clamp is not None and not conv_clamp > 0:
+            raise ValueError(f"conv_clamp must be > 0 or None, got {conv_clamp}")
         table = standard_channels(channel_multiplier)
         table.update({int(r): int(c) for r, c in (channels or {}).items()})
         self.size = size
         self.log_size = log_size
         self.style_dim = style_dim
+        self.z_dim = z_dim or style_dim
+        self.embed_dim = (embed_dim or style_dim) if c_dim > 0 else 0
         self.n_mlp = n_mlp
         self.c_dim = c_dim
         self.lr_mlp = lr_mlp
+        self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
         self.blur_kernel = tuple(blur_kernel)
         self.channels = {2**i: table[2**i] for i in range(2, log_size + 1)}
         self.n_latent = log_size * 2 - 2
@@ -342,8 +366,8 @@ class StyleGAN2(nn.Module):
 
         # Mapping network; style.0 is the pixel norm (no parameters).
         if c_dim > 0:
-            self.embed = EqualLinear(c_dim, style_dim)
-        in_dim = style_dim * (2 if c_dim > 0 else 1)
+            self.embed = EqualLinear(c_dim, self.embed_dim)
+        in_dim = self.z_dim + self.embed_dim
         mlp: list[nn.Module] = [PixelNorm()]
         for i in range(n_mlp):
             dim = in_dim if i == 0 else style_dim
@@ -352,9 +376,10 @@ class StyleGAN2(nn.Module):
 
         # Synthesis network.
         ch = self.channels
+        opts = {"blur_kernel": blur_kernel, "conv_clamp": self.conv_clamp}
         self.input = ConstantInput(ch[4])
-        self.conv1 = StyledConv(ch[4], ch[4], style_dim, blur_kernel=blur_kernel)
-        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
+        self.conv1 = StyledConv(ch[4], ch[4], style_dim, **opts)
+        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False, **opts)
         self.convs = nn.ModuleList()
         self.to_rgbs = nn.ModuleList()
         self.noises = nn.Module()
@@ -365,20 +390,16 @@ class StyleGAN2(nn.Module):
         for i in range(3, log_size + 1):
             out_ch = ch[2**i]
             self.convs.append(
-                StyledConv(
-                    in_ch, out_ch, style_dim, upsample=True, blur_kernel=blur_kernel
-                )
+                StyledConv(in_ch, out_ch, style_dim, upsample=True, **opts)
             )
-            self.convs.append(
-                StyledConv(out_ch, out_ch, style_dim, blur_kernel=blur_kernel)
-            )
-            self.to_rgbs.append(ToRGB(out_ch, style_dim, blur_kernel=blur_kernel))
+            self.convs.append(StyledConv(out_ch, out_ch, style_dim, **opts))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim, **opts))
             in_ch = out_ch
 
     # Mapping ---------------------------------------------------------------
 
     def mapping(self, z: torch.Tensor, c: torch.Tensor | None = None):
-        """``z`` (N, D), ``c`` (N, c_dim) one-hot or ``None`` -> w (N, D)."""
+        """``z`` (N, z_dim), ``c`` (N, c_dim) one-hot or ``None`` -> w (N, D)."""
         x = self.style[0](z)
         if self.c_dim > 0:
             if c is None:
@@ -405,7 +426,7 @@ class StyleGAN2(nn.Module):
         """
         device = self.input.input.device
         gdev = generator.device if generator is not None else "cpu"
-        z = torch.randn(n, self.style_dim, generator=generator, device=gdev)
+        z = torch.randn(n, self.z_dim, generator=generator, device=gdev)
         if self.c_dim > 0:
             if c is None:
                 idx = torch.randint(self.c_dim, (n,), generator=generator, device=gdev)
@@ -479,11 +500,35 @@ class StyleGAN2(nn.Module):
         truncation: float = 1.0,
         truncation_latent: torch.Tensor | None = None,
         noise_mode: str = "const",
+        truncation_cutoff: int | None = None,
     ) -> torch.Tensor:
-        """z (N, D) -> images (N, 3, H, W), with optional truncation."""
+        """z (N, z_dim) -> images (N, 3, H, W), with optional truncation.
+
+        ``truncation_cutoff`` truncates only the first that many of the L
+        per-layer codes (NVIDIA's ``truncation_cutoff``); None: all.
+        """
         w = self.mapping(z, c)
         if truncation != 1.0:
             if truncation_latent is None:
                 raise ValueError("truncation < 1 needs truncation_latent")
-            w = truncation_latent + truncation * (w - truncation_latent)
+            w = truncate(w, truncation_latent, truncation, truncation_cutoff, self)
         return self.synthesis(w, noise_mode=noise_mode)
+
+
+def truncate(
+    w: torch.Tensor,
+    avg: torch.Tensor,
+    psi: float,
+    cutoff: int | None,
+    model: StyleGAN2,
+) -> torch.Tensor:
+    """Pull w towards ``avg`` by psi: all codes, or the first ``cutoff``.
+
+    ``w`` is (N, D) or (N, L, D); with a cutoff below L the result is
+    (N, L, D), the codes from ``cutoff`` on left as they were.
+    """
+    if cutoff is None or cutoff >= model.n_latent:
+        return avg + psi * (w - avg)
+    ws = model._broadcast(w).clone()  # (N, L, D)
+    ws[:, :cutoff] = avg + psi * (ws[:, :cutoff] - avg)
+    return ws

@@ -6,7 +6,10 @@ and the network are imported inside the factory only.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
+import click
 
 from lclr.errors import ConfigError
 from lclr.hookspecs import hookimpl
@@ -51,6 +54,13 @@ def _size(inst, attribute, value):
         raise ConfigError(f"size must be a power of two >= 8, got {value!r}")
 
 
+def _clamp(inst, attribute, value):
+    """Validator: a positive number, or None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is not None and not (ok and value > 0):
+        raise ConfigError(f"conv_clamp must be a positive number, got {value!r}")
+
+
 def _label(inst, attribute, value):
     """Validator: a class index, a class name, or None."""
     if value is not None and not isinstance(value, (int, str)):
@@ -73,6 +83,11 @@ class StyleGAN2Options:
         converter=float,
         validator=_psi,
         metadata={"help": "psi: pull sampled w towards the average w"},
+    )
+    truncation_cutoff: int | None = attrs.field(
+        default=None,
+        validator=_positive_or_none,
+        metadata={"help": "truncate only the first N per-layer codes"},
     )
     class_label: int | str | None = attrs.field(
         default=None,
@@ -103,10 +118,22 @@ class StyleGAN2Options:
     c_dim: int | None = attrs.field(
         default=None, validator=_c_dim, metadata={"help": "number of classes"}
     )
+    conv_clamp: float | None = attrs.field(
+        default=None,
+        validator=_clamp,
+        metadata={"help": "clamp layer outputs to +-X (256 for ADA nets)"},
+    )
 
     def arch(self) -> dict:
         """The stated architecture fields (those not None)."""
-        names = ("size", "style_dim", "n_mlp", "channel_multiplier", "c_dim")
+        names = (
+            "size",
+            "style_dim",
+            "n_mlp",
+            "channel_multiplier",
+            "c_dim",
+            "conv_clamp",
+        )
         values = {n: getattr(self, n) for n in names}
         return {n: v for n, v in values.items() if v is not None}
 
@@ -123,6 +150,7 @@ def create_stylegan2(weights=None, options=None):
         class_label=opts.class_label,
         noise_seed=opts.noise_seed,
         arch=opts.arch(),
+        truncation_cutoff=opts.truncation_cutoff,
     )
 
 
@@ -135,3 +163,56 @@ def lclr_register_generators(register):
         options=StyleGAN2Options,
         summary="StyleGAN2 (W/W+/Z), plain PyTorch; default: shapes 32px",
     )
+
+
+@click.command("export-generator")
+@click.argument("weights", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option(
+    "--class-names",
+    help="Comma-separated class names of a conditional generator, stored "
+    "with it so that --class NAME works.",
+)
+@click.option(
+    "-G",
+    "--generator-option",
+    multiple=True,
+    help="KEY=VALUE stylegan2 option (e.g. conv_clamp=256, noise_seed=1).",
+)
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def export_generator(weights, out, class_names, generator_option, force):
+    """Convert StyleGAN2 WEIGHTS to lclr's own format, OUT (.safetensors).
+
+    WEIGHTS is anything --weights takes: the PyTorch port's .pt (also its
+    training snapshots), an NVIDIA .pkl, a bare state dict. The result
+    holds the architecture and the average w, and loads without conversion.
+    """
+    from lclr.cli import parse_options
+    from lclr.registry import get_registry
+
+    from .loading import save_generator
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError(f"'{out}' exists; pass --force to overwrite it")
+    options = parse_options(generator_option, "generator")
+    gen = get_registry().build("generator", "stylegan2", options, weights=weights)
+    names = gen.class_names
+    if class_names is not None:
+        names = [n.strip() for n in class_names.split(",") if n.strip()]
+        if len(names) != gen.model.c_dim:
+            raise ConfigError(
+                f"--class-names has {len(names)} names; the generator has "
+                f"{gen.model.c_dim} classes"
+            )
+    meta = {"source": gen.info.get("source", "torch"), "from": Path(weights).name}
+    if names:
+        meta["class_names"] = list(names)
+    save_generator(out, gen.model, gen.latent_avg, meta)
+    click.echo(str(out))
+
+
+@hookimpl
+def lclr_register_commands(cli):
+    """Add ``lclr export-generator``."""
+    cli.add_command(export_generator)
