@@ -236,7 +236,12 @@ def resume_command(folder) -> str:
     world = current()
     if world.size == 1:
         return f"lclr run --resume {folder}"
-    return f"torchrun --nproc-per-node {world.size} -m lclr run --resume {folder}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+    if local == world.size:
+        how = f"--standalone --nproc-per-node {local}"
+    else:  # several machines: their rendezvous options are the user's own
+        how = f"--nnodes {world.size // local} --nproc-per-node {local} --rdzv-..."
+    return f"torchrun {how} -m lclr run --resume {folder}"
 
 
 # Collectives (no-ops for one process) ---------------------------------------
@@ -326,7 +331,7 @@ def broadcast_text(text: str | None) -> str:
     with _collective("share the run folder"):
         dist().broadcast(size, 0)
         buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
-        if current().writer:
+        if data:
             buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
         dist().broadcast(buf, 0)
     return bytes(buf.cpu().tolist()).decode()
