@@ -174,8 +174,11 @@ def test_resuming_never_changes_the_global_batch():
     message = str(info.value)
     assert "\n" not in message
     assert "trained with world_size 1 (a global batch of 1 x 16)" in message
+    assert "resume it in one process (lclr run --resume)" in message
     four = RunConfig(world_size=4)
     assert distributed.fit_world_size(four, World(2), resume=True) is four
+    with pytest.raises(ConfigError, match="resume it with 1, 2 or 4 processes"):
+        distributed.fit_world_size(four, World(3), resume=True)
 
 
 def test_one_process_helpers_change_nothing():

@@ -198,10 +198,15 @@ def fit_world_size(config, world: World, *, resume: bool):
             )  # fmt: skip
         return config
     if resume:
+        fits = [str(d) for d in range(1, g + 1) if g % d == 0]
+        how = (
+            "in one process (lclr run --resume)"
+            if g == 1
+            else f"with {', '.join(fits[:-1])} or {fits[-1]} processes"
+        )
         raise ConfigError(
             f"this run was trained with world_size {g} (a global batch of "
-            f"{g} x {config.batch_size}); resume it with a number of processes "
-            f"that divides {g}, e.g. torchrun --nproc-per-node {g}"
+            f"{g} x {config.batch_size}), not {p} processes; resume it {how}"
         )
     raise ConfigError(
         f"--world-size {g} cannot be split over {p} processes; "
