@@ -73,17 +73,17 @@ def current() -> World:
     if not _initialized():
         return World()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    return World(dist().get_world_size(), dist().get_rank(), local)
+    return World(_dist().get_world_size(), _dist().get_rank(), local)
 
 
-def dist():
+def _dist():
     import torch.distributed
 
     return torch.distributed
 
 
 def _initialized() -> bool:
-    return dist().is_available() and dist().is_initialized()
+    return _dist().is_available() and _dist().is_initialized()
 
 
 # The process group ---------------------------------------------------------
@@ -101,7 +101,7 @@ def session(device: str) -> Iterator[World]:
     if world.size == 1 or _initialized():
         yield current()
         return
-    if not dist().is_available():
+    if not _dist().is_available():
         raise ConfigError(
             "this torch build has no torch.distributed; run one process instead"
         )
@@ -112,11 +112,15 @@ def session(device: str) -> Iterator[World]:
         )
     backend = "nccl" if kind == "cuda" else "gloo"
     if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda asked for, but no CUDA GPU is available")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if world.local_rank >= gpus:
+            raise ConfigError(
+                f"process {world.local_rank} of this machine has no GPU of its own "
+                f"({gpus} found); pass --nproc-per-node {gpus} or fewer"
+            )
         torch.cuda.set_device(world.local_rank)
     try:
-        dist().init_process_group(backend, timeout=timedelta(seconds=_timeout()))
+        _dist().init_process_group(backend, timeout=timedelta(seconds=_timeout()))
     except ValueError as exc:
         raise ConfigError(
             f"cannot join the job ({_first_line(exc)}); launch with torchrun"
@@ -129,7 +133,7 @@ def session(device: str) -> Iterator[World]:
     try:
         yield current()
     finally:
-        dist().destroy_process_group()
+        _dist().destroy_process_group()
 
 
 def _parses(device: str) -> bool:
@@ -254,7 +258,7 @@ def resume_command(folder) -> str:
 
 def gather_samples(changes: torch.Tensor) -> torch.Tensor:
     """(K, n, F) on each rank → (K, P·n, F), in rank order, with gradient."""
-    if not _initialized() or dist().get_world_size() == 1:
+    if not _initialized() or _dist().get_world_size() == 1:
         return changes
     return _GatherSamples.apply(changes)
 
@@ -269,9 +273,9 @@ class _GatherSamples(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):  # (K, n, F)
-        parts = [torch.empty_like(x) for _ in range(dist().get_world_size())]
+        parts = [torch.empty_like(x) for _ in range(_dist().get_world_size())]
         with _collective("gather the feature changes"):
-            dist().all_gather(parts, x.contiguous())
+            _dist().all_gather(parts, x.contiguous())
         return torch.cat(parts, dim=1)  # (K, P·n, F)
 
     @staticmethod
@@ -281,15 +285,15 @@ class _GatherSamples(torch.autograd.Function):
         # bytes of the reduce-scatter it stands for.
         grad = grad.contiguous()
         with _collective("send back the gradients"):
-            dist().all_reduce(grad)
-        n = grad.shape[1] // dist().get_world_size()
-        rank = dist().get_rank()
+            _dist().all_reduce(grad)
+        n = grad.shape[1] // _dist().get_world_size()
+        rank = _dist().get_rank()
         return grad[:, rank * n : (rank + 1) * n]
 
 
 def average_gradients(optimizer: torch.optim.Optimizer) -> None:
     """Replace each parameter's gradient by its mean over the ranks."""
-    if not _initialized() or dist().get_world_size() == 1:
+    if not _initialized() or _dist().get_world_size() == 1:
         return
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grads = [p.grad for p in params if p.grad is not None]
@@ -297,8 +301,8 @@ def average_gradients(optimizer: torch.optim.Optimizer) -> None:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])  # one message for all
     with _collective("average the gradients"):
-        dist().all_reduce(flat)
-    flat /= dist().get_world_size()
+        _dist().all_reduce(flat)
+    flat /= _dist().get_world_size()
     offset = 0
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -307,43 +311,43 @@ def average_gradients(optimizer: torch.optim.Optimizer) -> None:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any (a Ctrl-C, say)."""
-    if not _initialized() or dist().get_world_size() == 1:
+    if not _initialized() or _dist().get_world_size() == 1:
         return flag
     t = torch.tensor([int(flag)], device=_comm_device())
     with _collective("agree on stopping"):
-        dist().all_reduce(t, op=dist().ReduceOp.MAX)
+        _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
     return bool(t.item())
 
 
 def gather_states(states: list[torch.Tensor]) -> list[torch.Tensor]:
     """Every rank's RNG states, in stream order (collective: all ranks call)."""
-    if not _initialized() or dist().get_world_size() == 1:
+    if not _initialized() or _dist().get_world_size() == 1:
         return list(states)
     mine = torch.stack(states).to(_comm_device())  # (G/P, L) uint8
-    parts = [torch.empty_like(mine) for _ in range(dist().get_world_size())]
+    parts = [torch.empty_like(mine) for _ in range(_dist().get_world_size())]
     with _collective("collect the random states"):
-        dist().all_gather(parts, mine)
+        _dist().all_gather(parts, mine)
     return [row.cpu() for part in parts for row in part]
 
 
 def broadcast_text(text: str | None) -> str:
     """Rank 0's ``text`` on every rank."""
-    if not _initialized() or dist().get_world_size() == 1:
+    if not _initialized() or _dist().get_world_size() == 1:
         return text
     device = _comm_device()
     data = (text or "").encode() if current().writer else b""
     size = torch.tensor([len(data)], device=device)
     with _collective("share the run folder"):
-        dist().broadcast(size, 0)
+        _dist().broadcast(size, 0)
         buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
         if data:
             buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        dist().broadcast(buf, 0)
+        _dist().broadcast(buf, 0)
     return bytes(buf.cpu().tolist()).decode()
 
 
 def _comm_device() -> torch.device:
-    if dist().get_backend() == "nccl":
+    if _dist().get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
