@@ -56,6 +56,30 @@ def test_resumed_cli_run_equals_an_uninterrupted_one(tmp_path):
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+def test_one_process_samples_every_stream_of_world_size(tmp_path):
+    from lclr.runfolder import load_state
+
+    out = tmp_path / "r"
+    result = invoke("run", *TINY, "--iterations", "4", "--world-size", "2",
+                    "--out", out, "--no-render")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    rngs = load_state(out / "state.pt")["rngs"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0], rngs[1])
+    result = invoke("run", "--resume", out, "--world-size", "1")
+    assert result.exit_code == 2 and "drop --world-size" in result.output
+
+
+def test_python_m_lclr_is_the_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "lclr", "run", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "--world-size" in result.stdout
+
+
 def test_config_file_and_options(tmp_path):
     (tmp_path / "c.toml").write_text(
         'generator = "toy"\nlayer = "conv2"\nk = 2\nbatch_size = 3\n'
@@ -106,6 +130,7 @@ ERRORS = [
     (["run", *TINY, "--device", "meta"], "unknown device 'meta'"),
     (["run", *TINY, "--alpha", "inf"], "alpha must be greater than 0 and finite"),
     (["run", *TINY, "--grad-clip", "0"], "--grad-clip must be greater than 0"),
+    (["run", *TINY, "--world-size", "0"], "world_size must be at least 1"),
     (["render", "/no/such/run"], "does not exist"),
     (["eval", "/no/such/run", "--evaluator", "nope"], "unknown evaluator 'nope'"),
 ]

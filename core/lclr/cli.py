@@ -57,7 +57,7 @@ class LclrGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LclrError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error{_rank_note()}: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
@@ -134,6 +134,14 @@ def parse_steps(text: str) -> tuple[int, ...]:
 # lclr run ------------------------------------------------------------------------
 
 
+def _rank_note() -> str:
+    """' (rank R)' in the processes of a torchrun job other than rank 0."""
+    rank = os.environ.get("RANK", "0")
+    if rank == "0" or os.environ.get("WORLD_SIZE", "1") == "1":
+        return ""
+    return f" (rank {rank})"
+
+
 @cli.command()
 @click.option(
     "--generator", default="stylegan2", show_default=True, help="Generator plugin."
@@ -168,6 +176,11 @@ def parse_steps(text: str) -> tuple[int, ...]:
 @click.option("--grad-clip", type=float, help="Clip the gradient norm.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--world-size",
+    type=int,
+    help="G: global batch of G·N from G seed streams; default: torchrun's processes.",
+)
 @click.option("--checkpoint-every", type=int, default=200, show_default=True)
 @click.option("--out", type=click.Path(), help="Run folder; default runs/NAME-TIME.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder.")
@@ -186,7 +199,12 @@ def parse_steps(text: str) -> tuple[int, ...]:
 @click.option("--no-render", is_flag=True, help="Skip the grids at the end.")
 @click.pass_context
 def run(ctx, **opts):
-    """Train LatentCLR directions on a generator."""
+    """Train LatentCLR directions on a generator.
+
+    Started as `torchrun --nproc-per-node G -m lclr run ...`, the G
+    processes train one run together, data-parallel.
+    """
+    from lclr import distributed
     from lclr.training import train
 
     given = {
@@ -209,20 +227,26 @@ def run(ctx, **opts):
     else:
         config = _config_from_options(opts, given)
         _check_class_option(config, opts["class_label"])
-        if opts["out"]:
-            folder = Path(opts["out"])
-        else:
+        folder = Path(opts["out"]) if opts["out"] else None
+    with distributed.session(config.device) as world:
+        quiet = ctx.obj["quiet"] or not world.writer
+        if not world.writer:
+            log.setLevel(max(log.level, logging.ERROR))
+        if folder is None:
             from lclr.runfolder import claim_new_folder
 
-            folder = claim_new_folder(_default_out(config))
-    quiet = ctx.obj["quiet"]
-    try:
-        with _progress(config, quiet):
-            result = train(config, folder, resume=bool(opts["resume"]))
-    except LclrError:
-        if not opts["out"] and not opts["resume"] and not any(folder.iterdir()):
-            folder.rmdir()  # the folder claimed for this run holds nothing
-        raise
+            claimed = claim_new_folder(_default_out(config)) if world.writer else None
+            folder = Path(distributed.broadcast_text(claimed and str(claimed)))
+        try:
+            with _progress(config, quiet):
+                result = train(config, folder, resume=bool(opts["resume"]))
+        except LclrError:
+            claimed = not opts["out"] and not opts["resume"] and world.writer
+            if claimed and not any(folder.iterdir()):
+                folder.rmdir()  # the folder claimed for this run holds nothing
+            raise
+    if not world.writer:
+        return  # rank 0 reports and renders
     click.echo(f"run folder:  {folder}")
     click.echo(f"directions:  {folder / 'directions.safetensors'}")
     if not opts["no_render"]:
@@ -244,7 +268,7 @@ def _config_from_options(opts: dict, given: set[str]):
     fields = {
         "generator", "weights", "layer", "direction", "objective", "k", "alpha",
         "batch_size", "iterations", "lr", "weight_decay", "lr_gamma", "grad_clip",
-        "seed", "device", "checkpoint_every",
+        "seed", "device", "checkpoint_every", "world_size",
     }  # fmt: skip
     changes = {name: opts[name] for name in fields & given}
     if changes.get("weights"):

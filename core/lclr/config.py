@@ -133,6 +133,9 @@ class RunConfig:
     """Clip the gradient norm to this value; None for no clipping."""
     seed: int = 0
     device: str = "cpu"
+    world_size: int = attrs.field(default=1, validator=_at_least(1, "world_size"))
+    """G, seed streams in the global batch of G·N latents (one per torchrun
+    process by default; one process with G > 1 samples them all)."""
     chunk_size: int | None = attrs.field(
         default=None, validator=_optional(_at_least(1, "chunk_size"))
     )

@@ -43,6 +43,12 @@ class RunFolderError(LclrError):
     exit_code = 5
 
 
+class ProcessGroupError(LclrError):
+    """Another process of a multi-process run stopped or cannot be reached."""
+
+    exit_code = 7
+
+
 def choices(names) -> str:
     """``names`` as a sorted, comma-separated list for an error message."""
     names = sorted(names)

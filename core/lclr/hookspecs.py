@@ -93,7 +93,8 @@ def lclr_step_end(run, step, metrics):
 
 @hookspec
 def lclr_checkpoint_written(run, path):
-    """A checkpoint was written atomically to ``path``."""
+    """A checkpoint was written atomically to ``path`` (by rank 0 alone in a
+    multi-process run; the other hooks fire in every process)."""
 
 
 @hookspec

@@ -21,9 +21,15 @@ from typing import Any
 import attrs
 import torch
 
-from lclr import runfolder
+from lclr import distributed, runfolder
 from lclr.config import RunConfig
-from lclr.errors import CheckpointError, ConfigError, LclrError, UnknownComponentError
+from lclr.errors import (
+    CheckpointError,
+    ConfigError,
+    LclrError,
+    ProcessGroupError,
+    UnknownComponentError,
+)
 from lclr.registry import get_registry, options_dict
 
 log = logging.getLogger(__name__)
@@ -49,14 +55,21 @@ class RunState:
     scheduler: Any
     rng: torch.Generator
     step: int = 0
+    streams: list[torch.Generator] = attrs.field(factory=list)
+    """This process's latent seed streams (see lclr.distributed); [rng] if
+    not given."""
+
+    def __attrs_post_init__(self):
+        if not self.streams:
+            self.streams = [self.rng]
 
 
 # Building the pieces ------------------------------------------------------------
 
 
-def build_components(config: RunConfig):
+def build_components(config: RunConfig, device: str | None = None):
     """Generator, direction model, objective and target layer of a config."""
-    device = _device(config.device)
+    device = _device(device or config.device)
     registry = get_registry()
     generator = registry.build(
         "generator", config.generator, config.generator_options, weights=config.weights
@@ -137,15 +150,31 @@ def make_optimizer(config: RunConfig, directions, objective):
 
 
 def train(config: RunConfig, folder: str | Path, *, resume: bool = False) -> RunState:
-    """Train (or resume) a run in ``folder`` up to ``config.iterations`` steps."""
-    folder = Path(folder)
-    if not resume:
+    """Train (or resume) a run in ``folder`` up to ``config.iterations`` steps.
+
+    Under torchrun every process calls this; they train one run together
+    (see :mod:`lclr.distributed`) and only rank 0 writes ``folder``.
+    """
+    with distributed.session(config.device):
+        return _train(config, Path(folder), resume=resume)
+
+
+def _train(config: RunConfig, folder: Path, *, resume: bool) -> RunState:
+    world = distributed.current()
+    config = distributed.fit_world_size(config, world, resume=resume)
+    if not resume and world.writer:
         runfolder.check_new_folder(folder)
-    generator, directions, objective, layer = build_components(config)
+    device = distributed.local_device(config.device, world)
+    generator, directions, objective, layer = build_components(config, device)
+    distributed.note_batch_norm(world, directions, objective)
     optimizer, scheduler = make_optimizer(config, directions, objective)
-    rng = torch.Generator().manual_seed(config.seed)
+    streams = [
+        torch.Generator().manual_seed(distributed.stream_seed(config.seed, i))
+        for i in distributed.local_streams(config.world_size, world)
+    ]
     run = RunState(config, folder, generator, directions, objective, layer,
-                   optimizer, scheduler, rng)  # fmt: skip
+                   optimizer, scheduler, streams[0], streams=streams)  # fmt: skip
+    created = False
     if resume:
         _restore(run, runfolder.load_state(folder / runfolder.STATE))
         if config.iterations <= run.step:
@@ -153,26 +182,34 @@ def train(config: RunConfig, folder: str | Path, *, resume: bool = False) -> Run
                 f"{folder} is already at step {run.step}; pass --iterations above "
                 f"{run.step} to continue it"
             )
-        runfolder.write_config(folder, config)
-        runfolder.truncate_metrics(folder, run.step)
-    else:
+        if world.writer:
+            runfolder.write_config(folder, config)
+            runfolder.truncate_metrics(folder, run.step)
+    elif world.writer:
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         runfolder.write_config(folder, config)
 
     try:
         interrupted = _loop(run)
+    except ProcessGroupError as exc:
+        raise ProcessGroupError(
+            f"{exc} after step {run.step}; its last checkpoint is kept; "
+            f"resume with: {distributed.resume_command(folder)}"
+        ) from None
     except LclrError:
         # Keep what was learnt: the parameters are those of the last full step.
+        # Several processes keep their last checkpoint: a peer may be gone.
         if run.step > 0:
-            save_checkpoint(run)
-        elif not resume:
+            if world.size == 1:
+                save_checkpoint(run)
+        elif not resume and world.writer:
             _remove_new_run(folder, created)
         raise
     if interrupted:
         raise RunInterrupted(
             f"interrupted at step {run.step}; checkpoint written; "
-            f"resume with: lclr run --resume {folder}"
+            f"resume with: {distributed.resume_command(folder)}"
         )
     return run
 
@@ -180,6 +217,7 @@ def train(config: RunConfig, folder: str | Path, *, resume: bool = False) -> Run
 def _loop(run: RunState) -> bool:
     """Steps until the total or Ctrl-C; True when interrupted."""
     config, folder = run.config, run.folder
+    writer = distributed.current().writer
     hook = get_registry().pm.hook
     hook.lclr_run_start(run=run)
     interrupted = False
@@ -187,12 +225,13 @@ def _loop(run: RunState) -> bool:
         while run.step < config.iterations:
             metrics = train_step(run)
             run.step += 1
-            if run.step % config.log_every == 0 or run.step == config.iterations:
+            last = run.step == config.iterations
+            if writer and (run.step % config.log_every == 0 or last):
                 _log_metrics(folder, run.step, metrics)
             hook.lclr_step_end(run=run, step=run.step, metrics=metrics)
             if run.step % config.checkpoint_every == 0:
                 save_checkpoint(run)
-            if stop.is_set():
+            if distributed.any_rank(stop.is_set()):
                 interrupted = True
                 break
     save_checkpoint(run)
@@ -213,8 +252,9 @@ def train_step(run: RunState) -> dict[str, float]:
     config, g = run.config, run.generator
     device = next(run.directions.parameters()).device
 
-    # 1. Sample N codes in the generator's working space.
-    codes = g.sample_latent(config.batch_size, generator=run.rng).to(device)
+    # 1. Sample N codes per seed stream in the generator's working space.
+    codes = _sample_codes(run).to(device)  # (n, D), n = N·streams
+    n = codes.shape[0]
 
     # 2. Base features, without gradient.
     with torch.no_grad():
@@ -223,7 +263,7 @@ def train_step(run: RunState) -> dict[str, float]:
 
     # 3. All K edits in one call of the direction model.
     alpha = (
-        _sample_alpha(config, run.rng).to(device)
+        _sample_alpha(config, run.streams).to(device)
         if config.alpha_range
         else config.alpha
     )
@@ -233,12 +273,15 @@ def train_step(run: RunState) -> dict[str, float]:
     x = compose_codes(codes, edited, config.edit_layers, g.num_codes)
     feats = flat_features(g, x, run.layer, config.chunk_size)
     feats = run.objective.transform_features(feats)
-    changes = feats.view(config.k, config.batch_size, -1) - base[None]  # (K, N, F)
+    changes = feats.view(config.k, n, -1) - base[None]  # (K, n, F)
+    # Under torchrun the loss sees the changes of the whole global batch.
+    changes = distributed.gather_samples(changes)  # (K, G·N, F)
 
     # 5. Contrast the changes and update the directions.
     loss, metrics = run.objective(changes)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(run.optimizer)
     if config.grad_clip:
         params = [p for group in run.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -250,17 +293,32 @@ def train_step(run: RunState) -> dict[str, float]:
     return metrics
 
 
-def _sample_alpha(config: RunConfig, rng: torch.Generator) -> torch.Tensor:
+def _sample_codes(run: RunState) -> torch.Tensor:
+    """N codes from each of this process's seed streams, in stream order."""
+    n = run.config.batch_size
+    parts = [run.generator.sample_latent(n, generator=s) for s in run.streams]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _sample_alpha(config: RunConfig, streams) -> torch.Tensor:
     lo, hi = config.alpha_range
-    u = torch.rand(config.k, config.batch_size, generator=rng)
-    return lo + (hi - lo) * u  # (K, N)
+    parts = [torch.rand(config.k, config.batch_size, generator=s) for s in streams]
+    u = torch.cat(parts, dim=1)
+    return lo + (hi - lo) * u  # (K, n)
 
 
 # Checkpoints ----------------------------------------------------------------------
 
 
 def save_checkpoint(run: RunState) -> None:
-    """Resumable state and the exported directions, both atomically."""
+    """Resumable state and the exported directions, both atomically.
+
+    Every process calls it (the random states of all streams are collected);
+    only rank 0 writes.
+    """
+    rngs = distributed.gather_states([s.get_state() for s in run.streams])
+    if not distributed.current().writer:
+        return
     objective_state = {
         k: v.detach().cpu() for k, v in run.objective.state_dict().items()
     }
@@ -271,7 +329,8 @@ def save_checkpoint(run: RunState) -> None:
         "objective": objective_state,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
-        "rng": run.rng.get_state(),
+        "rng": rngs[0],
+        "rngs": rngs,  # one per seed stream (RunConfig.world_size)
     }
     path = run.folder / runfolder.STATE
     runfolder.save_state(path, state)
@@ -312,7 +371,14 @@ def _restore(run: RunState, state: dict) -> None:
         run.objective.load_state_dict(state["objective"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
-        run.rng.set_state(state["rng"])
+        rngs = state.get("rngs", [state["rng"]])
+        mine = distributed.local_streams(run.config.world_size, distributed.current())
+        if len(rngs) != run.config.world_size:
+            raise ValueError(
+                f"{len(rngs)} random states for world_size {run.config.world_size}"
+            )
+        for stream, i in zip(run.streams, mine, strict=True):
+            stream.set_state(rngs[i])
         run.step = int(state["step"])
     except Exception as exc:  # any mismatch between state.pt and config.json
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""

@@ -28,3 +28,17 @@ def create_toy(weights, options):
 @hookimpl
 def lclr_register_generators(register):
     register("toy", create_toy, options=ToyOptions, summary="tiny random generator")
+
+
+EXIT_AT = "LCLR_TOY_EXIT_AT"
+"""Test-only: ``STEP:RANK`` ends that torchrun rank abruptly after STEP."""
+
+
+@hookimpl
+def lclr_step_end(run, step, metrics):
+    """Test-only: a process that dies mid-run, as a crashed GPU would."""
+    import os
+
+    at, _, rank = os.environ.get(EXIT_AT, "").partition(":")
+    if at and int(at) == step and os.environ.get("RANK", "0") == (rank or "0"):
+        os._exit(17)
