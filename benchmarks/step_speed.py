@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from lclr.config import RunConfig
+from lclr.speed import OutOfMemory
 from lclr.training import RunState, build_components, make_optimizer, train_step
 
 # The sweep: (generator, layers, (K, N) points, timed rounds). The 256-px
@@ -227,13 +228,21 @@ def peak_mib(fn, device: torch.device) -> float | None:
 
 
 def measure(point: Point, repeats: int, methods=METHODS) -> dict:
-    """Warm-up (with memory) then ``repeats`` interleaved rounds."""
+    """Warm-up (with memory) then ``repeats`` interleaved rounds. A method
+    that runs out of device memory in the warm-up is left out ("oom")."""
     device = point.device
-    times = {m: [] for m in methods}
-    memory = {}
+    memory, failed = {}, []
     point.next_codes()
     for m in methods:  # warm-up round, one call each, measuring memory
-        memory[m] = peak_mib(getattr(point, m), device)
+        try:
+            memory[m] = peak_mib(getattr(point, m), device)
+        except (torch.OutOfMemoryError, OutOfMemory):
+            memory[m] = None
+            failed.append(m)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    methods = tuple(m for m in methods if m not in failed)
+    times = {m: [] for m in methods}
     for r in range(repeats):
         point.next_codes()
         order = methods[r % len(methods) :] + methods[: r % len(methods)]
@@ -244,15 +253,18 @@ def measure(point: Point, repeats: int, methods=METHODS) -> dict:
             sync(device)
             times[m].append(CLOCK() - start)
     med = {m: statistics.median(v) for m, v in times.items()}
-    row = {f"{m}_s": med[m] for m in methods}
-    row.update({f"{m}_mib": memory[m] for m in methods})
-    if "floor" in med:
-        row["ratio"] = med["lclr"] / med["floor"]
-    if "plain" in med:
-        row["plain_over_lclr"] = med["plain"] / med["lclr"]
-    if "loss" in med:
-        row["loss_share"] = med["loss"] / med["lclr"]
+    med.update({m: None for m in failed})
+    row = {f"{m}_s": med[m] for m in METHODS}
+    row.update({f"{m}_mib": memory[m] for m in METHODS})
+    row["oom"] = failed
+    row["ratio"] = _over(med["lclr"], med["floor"])
+    row["plain_over_lclr"] = _over(med["plain"], med["lclr"])
+    row["loss_share"] = _over(med["loss"], med["lclr"])
     return row
+
+
+def _over(a, b):
+    return None if a is None or b is None else a / b
 
 
 def run_point(gen: str, weights, layer, k, n, args, folder) -> dict:
@@ -305,7 +317,7 @@ def plan_memory(args, weights) -> None:
 
 def fit_exponent(rows, key="lclr_s") -> float | None:
     """Slope of log(time) against log(K·N), least squares."""
-    pts = [(math.log(r["kn"]), math.log(r[key])) for r in rows]
+    pts = [(math.log(r["kn"]), math.log(r[key])) for r in rows if r[key]]
     if len({x for x, _ in pts}) < 2:
         return None
     mx = statistics.fmean(x for x, _ in pts)
@@ -334,6 +346,10 @@ def _fmt(v, digits=3) -> str:
     return str(v)
 
 
+def _pct(v) -> str:
+    return "–" if v is None else f"{v:.0%}"
+
+
 def markdown(rows, fitted) -> str:
     head = (
         "| generator | layer | K | N | lclr s | floor s | lclr/floor | "
@@ -346,7 +362,7 @@ def markdown(rows, fitted) -> str:
             f"| {r['generator']} | {r['layer']} | {r['k']} | {r['n']} | "
             f"{_fmt(r['lclr_s'])} | {_fmt(r['floor_s'])} | {_fmt(r['ratio'])} | "
             f"{_fmt(r['plain_s'])} | {_fmt(r['plain_over_lclr'])} | "
-            f"{r['loss_share']:.0%} | {mem} |"
+            f"{_pct(r['loss_share'])} | {mem} |"
         )
     lines += ["", "| generator | layer | points | exponent lclr | exponent floor |",
               "| --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -414,9 +430,11 @@ def main(argv=None) -> None:
                     rows.append(row)
                     write(args, rows, started)  # so far, in case it is cut short
                     print(f"{gen} {row['layer']} K={k} N={n}: "
-                          f"lclr {row['lclr_s']:.3g}s floor {row['floor_s']:.3g}s "
-                          f"ratio {row['ratio']:.2f} plain {row['plain_s']:.3g}s "
-                          f"loss {row['loss_share']:.0%}", flush=True)  # fmt: skip
+                          f"lclr {_fmt(row['lclr_s'])}s "
+                          f"floor {_fmt(row['floor_s'])}s "
+                          f"ratio {_fmt(row['ratio'])} "
+                          f"plain {_fmt(row['plain_s'])}s "
+                          f"loss {_pct(row['loss_share'])}", flush=True)  # fmt: skip
     table, minutes = write(args, rows, started)
     print()
     print(table)
