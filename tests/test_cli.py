@@ -274,3 +274,21 @@ def test_the_shapes_evaluator_refuses_a_generator_of_another_world(tmp_path):
     result = invoke("eval", out)
     assert result.exit_code == 2
     assert "reads 3x32x32 images of the shapes world" in result.output
+
+
+def test_memory_and_device_options_reach_the_config_and_resume(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", *TINY, "--iterations", "2", "--chunk-size", "5",
+                    "--max-memory", "2", "--no-autocast", "--no-render",
+                    "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["chunk_size"], config["max_memory"]) == (5, 2.0)
+    assert (config["autocast"], config["compile"]) == (False, False)
+    result = invoke("run", "--resume", out, "--iterations", "3", "--chunk-size",
+                    "7", "--channels-last", "--no-render")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["chunk_size"], config["channels_last"]) == (7, True)
+    result = invoke("run", *TINY, "--max-memory", "-1", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "--max-memory must be greater" in result.output

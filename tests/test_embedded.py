@@ -58,12 +58,27 @@ def test_baseline_benchmark_runs_for_a_few_steps(tmp_path, monkeypatch, capsys):
     assert len(rows[0]["random_scores"]) == 2
 
 
-def test_step_speed_benchmark_prints_figures(monkeypatch, capsys):
-    argv = ["step_speed.py", "--size", "16", "--style-dim", "32", "--steps", "1",
-            "-k", "2", "-n", "2", "--threads", "1"]  # fmt: skip
+def test_step_speed_benchmark_compares_the_trainer_with_the_floor(
+    tmp_path, monkeypatch, capsys
+):
+    argv = ["step_speed.py", "--generator", "port16", "--style-dim", "32",
+            "--layer", "convs.1", "-k", "2", "-n", "2", "--repeats", "1",
+            "--threads", "1", "--json", str(tmp_path / "r.json"),
+            "--markdown", str(tmp_path / "r.md")]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "benchmarks" / "step_speed.py"), run_name="__main__")
-    assert "seconds per step:" in capsys.readouterr().out
+    assert "| port16 | convs.1 | 2 | 2 |" in capsys.readouterr().out
+    row = json.loads((tmp_path / "r.json").read_text())["rows"][0]
+    for method in ("lclr", "floor", "plain", "loss"):
+        assert row[f"{method}_s"] > 0
+    assert row["ratio"] == pytest.approx(row["lclr_s"] / row["floor_s"])
+    assert "lclr/floor" in (tmp_path / "r.md").read_text()
+
+
+def test_step_speed_fits_the_exponent_of_step_cost():
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "step_speed.py"))
+    rows = [{"kn": kn, "lclr_s": 0.5 * kn**1.25} for kn in (32, 128, 3200)]
+    assert bench["fit_exponent"](rows) == pytest.approx(1.25)
 
 
 def test_a_relative_weights_path_is_recorded_absolute(tmp_path, monkeypatch):

@@ -434,3 +434,38 @@ def test_registers_latentclr():
     assert options is LatentCLROptions and summary
     obj = factory(options=LatentCLROptions(temperature=0.25))
     assert isinstance(obj, LatentCLR) and obj.options.temperature == 0.25
+
+
+# The similarity matrix ------------------------------------------------
+
+
+def test_symmetric_gram_equals_the_plain_product(monkeypatch):
+    from lclr_contrastive import gram
+
+    monkeypatch.setattr(gram, "_BLOCK", 4)
+    x = torch.randn(11, 5, dtype=torch.float64)
+    assert torch.allclose(gram.symmetric_gram(x), x @ x.T, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-30, 1e30])
+def test_cosine_gram_values_and_gradient(monkeypatch, scale):
+    from lclr_contrastive import gram
+
+    monkeypatch.setattr(gram, "_BLOCK", 3)
+    x = torch.randn(
+        7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    x[2] = 0
+    sim, zero = gram.cosine_gram(x * scale)
+    unit = torch.nn.functional.normalize(x, dim=1)
+    assert torch.allclose(sim, unit @ unit.T, atol=1e-12)
+    assert zero.tolist() == [i == 2 for i in range(7)]
+    # a zero row passes no gradient (the similarity jumps there)
+    x.requires_grad_(True)
+    (gram.cosine_gram(x * scale)[0] * torch.randn(7, 7, dtype=x.dtype)).sum().backward()
+    assert torch.all(x.grad[2] == 0) and torch.all(x.grad[0] != 0)
+    rows = x.detach()[[0, 1, 3, 4, 5, 6]].requires_grad_(True)
+    weights = torch.randn(6, 6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda t: (gram.cosine_gram(t * scale)[0] * weights).sum(), (rows,)
+    )

@@ -121,7 +121,11 @@ def test_one_step_runs_one_base_and_one_batched_edited_forward(tmp_path):
     run = RunState(config, tmp_path, g, d, obj, layer, opt, sched, torch.Generator())
     before = [p.detach().clone() for p in d.parameters()]
     metrics = train_step(run)
-    # Base features without gradient, then all K·N edited codes in one call.
+    # Base features without gradient, then all K·N edited codes in one call;
+    # the first step also probes the graph's memory on one and two codes.
+    assert counter.sizes == [(4, False), (1, True), (2, True), (12, True)]
+    counter.sizes.clear()
+    train_step(run)
     assert counter.sizes == [(4, False), (12, True)]
     assert {"loss", "acc", "lr"} <= set(metrics)
     assert any(not torch.equal(a, b) for a, b in zip(before, d.parameters()))

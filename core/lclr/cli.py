@@ -22,7 +22,9 @@ from lclr.hookspecs import hookimpl
 
 log = logging.getLogger("lclr")
 
-RESUMABLE = {"iterations", "device", "resume", "no_render"}
+# How a run computes, not what it learns: may change when resuming.
+HOW = ("device", "chunk_size", "max_memory", "autocast", "channels_last", "compile")
+RESUMABLE = {"iterations", "resume", "no_render", *HOW}
 
 
 class LclrGroup(click.Group):
@@ -181,6 +183,15 @@ def _rank_note() -> str:
     type=int,
     help="G: global batch of G·N from G seed streams; default: torchrun's processes.",
 )
+@click.option("--chunk-size", type=int, help="Micro-batch of the K·N forward.")
+@click.option(
+    "--max-memory", type=float, help="GiB a step may use; default: most of the free."
+)
+@click.option(
+    "--autocast/--no-autocast", default=None, help="bf16 generator [on for CUDA]."
+)
+@click.option("--channels-last", is_flag=True, help="Channels-last convolutions.")
+@click.option("--compile", is_flag=True, help="torch.compile the generator.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True)
 @click.option("--out", type=click.Path(), help="Run folder; default runs/NAME-TIME.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder.")
@@ -222,7 +233,7 @@ def run(ctx, **opts):
         from lclr.runfolder import read_config
 
         config = read_config(folder)
-        changes = {n: opts[n] for n in ("iterations", "device") if n in given}
+        changes = {n: opts[n] for n in ("iterations", *HOW) if n in given}
         config = config.evolve(**changes)
     else:
         config = _config_from_options(opts, given)
@@ -268,7 +279,8 @@ def _config_from_options(opts: dict, given: set[str]):
     fields = {
         "generator", "weights", "layer", "direction", "objective", "k", "alpha",
         "batch_size", "iterations", "lr", "weight_decay", "lr_gamma", "grad_clip",
-        "seed", "device", "checkpoint_every", "world_size",
+        "seed", "device", "checkpoint_every", "world_size", "chunk_size",
+        "max_memory", "autocast", "channels_last", "compile",
     }  # fmt: skip
     changes = {name: opts[name] for name in fields & given}
     if changes.get("weights"):

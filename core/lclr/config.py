@@ -30,7 +30,15 @@ def _strict_int(value, _type) -> int:
     return int(value)
 
 
+def _strict_bool(value, _type) -> bool:
+    """Refuse 1 or "yes" where true/false is meant."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected true or false, got {value!r}")
+    return value
+
+
 _converter.register_structure_hook(int, _strict_int)
+_converter.register_structure_hook(bool, _strict_bool)
 
 
 def _at_least(minimum, what):
@@ -68,6 +76,11 @@ def _alpha_range(instance, attribute, value):
 def _edit_layers(instance, attribute, value):
     if value is not None and (not value or min(value) < 0):
         raise ConfigError("--edit-layers needs non-negative code indices, e.g. 0-3")
+
+
+def _bool(instance, attribute, value):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attribute.name} must be true or false; got {value!r}")
 
 
 def _milestones(instance, attribute, value):
@@ -139,7 +152,22 @@ class RunConfig:
     chunk_size: int | None = attrs.field(
         default=None, validator=_optional(_at_least(1, "chunk_size"))
     )
-    """Split the K·N edited forward into chunks of this many codes."""
+    """Run the K·N edited forward in micro-batches of this many codes
+    (two passes, memory bounded by one chunk's graph); None: automatic."""
+    max_memory: float | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(float),
+        validator=_optional(_positive("--max-memory")),
+    )
+    """GiB one step may use; micro-batches are chosen to fit. None: most of
+    what the device has free."""
+    autocast: bool | None = attrs.field(default=None, validator=_optional(_bool))
+    """bf16 autocast of the generator (the loss stays float32); None: on for
+    CUDA, off elsewhere."""
+    channels_last: bool = attrs.field(default=False, validator=_bool)
+    """Keep the generator's convolutions in channels-last memory format."""
+    compile: bool = attrs.field(default=False, validator=_bool)
+    """Compile the truncated forward with torch.compile (first steps slow)."""
     checkpoint_every: int = attrs.field(
         default=200, validator=_at_least(1, "checkpoint_every")
     )

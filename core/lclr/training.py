@@ -10,6 +10,7 @@ the progress bar.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from typing import Any
 import attrs
 import torch
 
-from lclr import distributed, runfolder
+from lclr import distributed, runfolder, speed
 from lclr.config import RunConfig
 from lclr.errors import (
     CheckpointError,
@@ -75,6 +76,7 @@ def build_components(config: RunConfig, device: str | None = None):
         "generator", config.generator, config.generator_options, weights=config.weights
     )
     generator = generator.to(device).eval().requires_grad_(False)
+    generator = speed.prepare_generator(generator, config)
     layer = config.layer or generator.default_layer()
     if layer not in generator.layers():
         raise UnknownComponentError(
@@ -257,9 +259,10 @@ def train_step(run: RunState) -> dict[str, float]:
     n = codes.shape[0]
 
     # 2. Base features, without gradient.
-    with torch.no_grad():
+    precision = functools.partial(speed.autocast, config, device)
+    with torch.no_grad(), precision():
         base_raw = flat_features(g, codes, run.layer, config.chunk_size)
-    base = run.objective.transform_features(base_raw)  # (N, F)
+    base = run.objective.transform_features(speed.upcast(base_raw))  # (N, F)
 
     # 3. All K edits in one call of the direction model.
     alpha = (
@@ -269,19 +272,24 @@ def train_step(run: RunState) -> dict[str, float]:
     )
     edited = run.directions(codes, alpha)  # (K, N, D)
 
-    # 4. One batched truncated forward on the K·N edited codes.
+    # 4. One batched truncated forward on the K·N edited codes (micro-batched
+    # when memory demands it), the changes contrasted, the backward pass.
     x = compose_codes(codes, edited, config.edit_layers, g.num_codes)
-    feats = flat_features(g, x, run.layer, config.chunk_size)
-    feats = run.objective.transform_features(feats)
-    changes = feats.view(config.k, n, -1) - base[None]  # (K, n, F)
-    # Under torchrun the loss sees the changes of the whole global batch.
-    changes = distributed.gather_samples(changes)  # (K, G·N, F)
-
-    # 5. Contrast the changes and update the directions.
-    loss, metrics = run.objective(changes)
+    chunk = speed.plan_chunks(config, g, run.layer, x, base_raw.shape[1], precision)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+
+    def contrast(changes):  # (K, n, F)
+        # Under torchrun the loss sees the changes of the whole global batch.
+        return run.objective(distributed.gather_samples(changes))  # (K, G·N, F)
+
+    with speed.out_of_memory_is_an_error(x, chunk):
+        loss, metrics = speed.forward_backward(
+            g, run.layer, x, base, run.objective, (config.k, n),
+            chunk_size=chunk, precision=precision, loss_fn=contrast,
+        )  # fmt: skip
     distributed.average_gradients(run.optimizer)
+
+    # 5. Update the directions.
     if config.grad_clip:
         params = [p for group in run.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

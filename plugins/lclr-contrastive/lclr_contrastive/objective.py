@@ -29,6 +29,7 @@ from torch import nn
 
 from lclr.errors import ConfigError
 from lclr.interfaces import Objective
+from lclr_contrastive.gram import cosine_gram
 from lclr_contrastive.options import VARIANTS, LatentCLROptions
 
 __all__ = [
@@ -112,7 +113,7 @@ def latentclr_loss(
             "feature changes contain NaN or inf; lower the learning rate or alpha, "
             "or run the generator in float32"
         )
-    unit, zero = _unit_rows(x)
+    sim, zero = cosine_gram(x)  # (KN, KN), (KN,)
     if zero_change == "error" and bool(zero.any()):
         row = int(zero.nonzero()[0, 0])
         raise FeatureChangeError(
@@ -121,8 +122,7 @@ def latentclr_loss(
             "or set the objective's zero_change='guard'"
         )
 
-    # One (KN, KN) similarity matrix and the masks of positives / negatives
-    sim = unit @ unit.T  # (KN, KN)
+    # The (KN, KN) similarity matrix and the masks of positives / negatives
     if similarity == "abs_cosine":
         sim = sim.abs()
     # the paper divides by tau; the authors' release multiplies
