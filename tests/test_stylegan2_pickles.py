@@ -696,3 +696,46 @@ def test_filters_lclr_cannot_represent_are_refused(tmp_path, marker):
         match = "not separable" if name == "nonsep" else "different resampling"
         with pytest.raises(CheckpointError, match=match):
             load_checkpoint(path)
+
+
+def test_nesting_that_crashes_unpicklers_is_refused(tmp_path, marker):
+    # Python hashes nested tuples recursively in C: a deep tuple used as a
+    # dict key or set item kills the interpreter inside any unpickler,
+    # torch.load(weights_only=True) included. Loaded in a child process, so
+    # that a regression fails this test instead of the whole run.
+    deep = b")" + b"\x85" * 300_000
+    key = b"\x80\x02}" + deep + b"Ns."
+    files = {
+        "key.pkl": key,
+        "set.pkl": b"\x80\x02" + _glob("builtins", "set") + b"]" + deep + b"a\x85R.",
+        "stream.pkl": _stream_pickle(b"\x80\x02" + deep + b"0" + key),
+    }
+    torch.save({"g_ema": {"x": torch.zeros(1)}}, tmp_path / "port.pt")
+    with (
+        zipfile.ZipFile(tmp_path / "port.pt") as zf,
+        zipfile.ZipFile(tmp_path / "zip.pt", "w") as out,
+    ):
+        for info in zf.infolist():
+            data = key if info.filename.endswith("data.pkl") else zf.read(info)
+            out.writestr(info.filename, data)
+    magic = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+    files["legacy.pt"] = magic + pickle.dumps(1001, protocol=2) + key
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    names = [*files, "zip.pt"]
+    code = (
+        "import sys\n"
+        "from lclr.errors import CheckpointError\n"
+        "from lclr_stylegan2.loading import load_checkpoint\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_checkpoint(path)\n"
+        "    except CheckpointError as e:\n"
+        "        print(e)\n"
+    )
+    args = [sys.executable, "-c", code, *(str(tmp_path / n) for n in names)]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert len(lines) == len(names), run.stdout
+    assert all("nests objects more than 1000 deep" in line for line in lines), lines

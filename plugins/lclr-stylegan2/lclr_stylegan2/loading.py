@@ -203,11 +203,14 @@ def read(path: str | os.PathLike) -> Any:
     if is_zip:
         _check_torch_zip(path)
     try:
+        _check_torch_nesting(path, is_zip)
         # Training snapshots of the port keep their argparse options. A
         # Namespace is safe to allow: unpickling makes an empty one and fills
         # its __dict__; no method of the file's choosing runs.
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except safe_pickle.Refused as e:
+        raise CheckpointError(f"refused to load '{path}': {e}") from None
     except Exception as e:  # noqa: BLE001 - any failure is the file's fault
         if "weights_only" in str(e) or "Weights only load failed" in str(e):
             raise CheckpointError(
@@ -223,6 +226,24 @@ def read(path: str | os.PathLike) -> Any:
             f"'{path}' is not a PyTorch checkpoint ("
             f"{_first_line(e)}); pass a .pt file written by torch.save"
         ) from None
+
+
+def _check_torch_nesting(path: Path, is_zip: bool) -> None:
+    """Scan the pickles torch.load will read for crashing nesting depths
+    (torch's unpickler hashes what it builds, as every unpickler does)."""
+    if is_zip:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if name.endswith(".pkl"):
+                    safe_pickle.check_nesting(io.BytesIO(zf.read(name)))
+        return
+    with open(path, "rb") as f:
+        if f.read(len(TORCH_MAGIC)) != TORCH_MAGIC:
+            return  # not torch's: torch.load refuses it before unpickling
+        f.seek(0)
+        # the legacy format: magic, protocol, system info, object, keys
+        for _ in range(5):
+            safe_pickle.check_nesting(f, rewind=False)
 
 
 def _check_torch_zip(path: Path) -> None:

@@ -36,6 +36,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections import OrderedDict
@@ -109,6 +110,72 @@ def budget_of(file_bytes: int):
         yield
     finally:
         _BUDGET.reset(token)
+
+
+MAX_NESTING = 1000
+_MODIFY = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
+_MARK = object()
+
+
+def check_nesting(f, rewind: bool = True) -> None:
+    """Refuse a pickle that nests containers deeper than :data:`MAX_NESTING`.
+
+    Reads one pickle from ``f`` without building anything, then puts ``f``
+    back where it was (or, with ``rewind=False``, leaves it after the
+    pickle). A stream cut short raises ``EOFError``, one that cannot be
+    parsed ``pickle.UnpicklingError``, as unpickling it would.
+
+    Python hashes nested tuples recursively in C, so a few
+    hundred kilobytes of ``((((...))))`` used as a dict key crash the
+    interpreter inside any unpickler, torch's included. The depth of every
+    object on the pickle machine's stack and memo is tracked; the mutable
+    containers that are filled after being memoised cannot be hashed, so
+    their depth need not be exact.
+    """
+    start = f.tell()
+    done = False
+    stack: list = []
+    memo: dict = {}
+    try:
+        for op, arg, _ in pickletools.genops(f):
+            before, after = op.stack_before, op.stack_after
+            popped: list = []
+            take = len(before)
+            if pickletools.markobject in before or (
+                op.name == "POP" and stack and stack[-1] is _MARK
+            ):
+                at = len(stack) - 1 - stack[::-1].index(_MARK)
+                popped, stack[at:] = stack[at + 1 :], []
+                mark = pickletools.markobject
+                take = before.index(mark) if mark in before else 0
+            if take:
+                if len(stack) < take:
+                    raise Refused("malformed pickle data (stack underflow)")
+                popped = stack[-take:] + popped
+                del stack[-take:]
+            if op.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+                key = len(memo) if op.name == "MEMOIZE" else arg
+                memo[key] = popped[0] if popped else stack[-1]
+            if op.name in ("DUP", "MEMOIZE"):
+                depth = popped[0]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                depth = memo.get(arg, 0)
+            elif op.name in _MODIFY:
+                depth = max(popped[0], 1 + max(popped[1:], default=-1))
+            else:
+                depth = 1 + max(popped, default=-1)
+            if depth > MAX_NESTING:
+                raise Refused(f"it nests objects more than {MAX_NESTING} deep")
+            for item in after:
+                stack.append(_MARK if item is pickletools.markobject else depth)
+        done = True
+    except (ValueError, IndexError) as e:  # unknown opcode, cut or bad stream
+        if any(cut in str(e) for cut in ("exhausted", "not enough", "remain")):
+            raise EOFError(f"pickle data was truncated ({e})") from None
+        raise pickle.UnpicklingError(f"malformed pickle data ({e})") from None
+    finally:
+        if rewind or not done:
+            f.seek(start)
 
 
 class _Frozen:
@@ -353,6 +420,7 @@ def read_legacy_stream(f: io.BytesIO) -> Any:
     budget = len(f.getbuffer())  # no storage can be larger than the stream
 
     def unpickle(storages=None):
+        check_nesting(f)
         return _StreamUnpickler(f, INNER, storages=storages, budget=budget).load()
 
     if unpickle() != 0x1950A86A20F9469CFC6C:
@@ -459,6 +527,7 @@ class _Archive:
 
 def loads_stream(f: io.BytesIO) -> Any:
     """Unpickle one plain pickle stream (an NVIDIA ``.pkl``) safely."""
+    check_nesting(f)
     with budget_of(len(f.getbuffer())):
         return _StreamUnpickler(f, ALLOWED).load()
 
@@ -493,6 +562,7 @@ def load_zip(path) -> Any:
             raise Refused("a zip file that is not a torch checkpoint")
         prefix = names[0][: -len("data.pkl")].rstrip("/")
         data = io.BytesIO(zf.read(names[0]))
+        check_nesting(data)
         return _StreamUnpickler(data, ALLOWED, archive=_Archive(zf, prefix)).load()
 
 
