@@ -340,7 +340,7 @@ def test_malformed_lclr_metadata_is_one_line(tmp_path, model):
         load_checkpoint(tmp_path / "m.pt")
 
 
-def test_nothing_the_file_does_not_hold_is_allocated(tmp_path, model):
+def test_damaged_or_oversized_tensors_are_refused(tmp_path, model):
     # Each would have asked for terabytes: a 10^5-channel conv weight viewing
     # one float, and an architecture of 10^6 channels stated in metadata.
     from safetensors.torch import save_file
@@ -355,6 +355,16 @@ def test_nothing_the_file_does_not_hold_is_allocated(tmp_path, model):
     save_file({"latent_avg": torch.zeros(16)}, tmp_path / "a.safetensors", meta)
     with pytest.raises(CheckpointError, match="missing keys"):
         load_checkpoint(tmp_path / "a.safetensors")
+    sd = dict(model.state_dict())
+    sd["convs.2.conv.weight"] = sd["convs.2.conv.weight"].clone()
+    sd["convs.2.conv.weight"][0, 0, 0, 0, 0] = float("nan")
+    torch.save({"g_ema": sd}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="convs.2.conv.weight holds NaN"):
+        load_checkpoint(tmp_path / "nan.pt")
+    avg = torch.full((16,), float("inf"))
+    torch.save({"g_ema": model.state_dict(), "latent_avg": avg}, tmp_path / "inf.pt")
+    with pytest.raises(CheckpointError, match="latent_avg holds NaN"):
+        load_checkpoint(tmp_path / "inf.pt")
     for kwargs in ({"size": 8192}, {"blur_kernel": [1] * 17}, {"channels": {8: 0}}):
         with torch.device("meta"), pytest.raises(ValueError):
             StyleGAN2(**{"size": 32, "style_dim": 16, **kwargs})

@@ -434,7 +434,8 @@ def _derived(key: str) -> bool:
 
 def _check_size(sd: Mapping[str, Any], path: Path) -> None:
     """Refuse tensors far larger than the file (views of a few bytes
-    declared as gigabytes): loading them would allocate that much."""
+    declared as gigabytes: loading them would allocate that much), and
+    tensors holding NaN or infinity."""
     held = sum(
         t.numel() * t.element_size() for t in sd.values() if isinstance(t, torch.Tensor)
     )
@@ -444,6 +445,12 @@ def _check_size(sd: Mapping[str, Any], path: Path) -> None:
             f"refused to load '{path}': its tensors declare {held} bytes, far "
             f"more than the file's {size}; the file is corrupt or crafted"
         )
+    for key, t in sd.items():  # a damaged float is often NaN or infinite
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(
+                f"'{path}': {key} holds NaN or infinite values; the file is "
+                "corrupt, download or copy it again"
+            )
 
 
 def _check_keys(own: Mapping, sd: Mapping[str, torch.Tensor], path, size) -> None:
@@ -520,6 +527,11 @@ def load_checkpoint(
                 "remove it or fix the file"
             )
         latent_avg = latent_avg.reshape(model.style_dim).float()
+        if not torch.isfinite(latent_avg).all():
+            raise CheckpointError(
+                f"'{path}': latent_avg holds NaN or infinite values; remove it "
+                "or copy the file again"
+            )
     log.debug("loaded %s: %s", path, architecture(model))
     return Loaded(model=model, latent_avg=latent_avg, meta=meta, path=path)
 
