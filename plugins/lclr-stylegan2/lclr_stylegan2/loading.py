@@ -163,7 +163,10 @@ def build(arch: Mapping[str, Any]) -> StyleGAN2:
         if arch.get("conv_clamp") is not None:
             kwargs["conv_clamp"] = float(arch["conv_clamp"])
         if arch.get("blur_kernel"):
-            kwargs["blur_kernel"] = tuple(float(t) for t in arch["blur_kernel"])
+            taps = tuple(arch["blur_kernel"])
+            if not all(isinstance(t, (int, float)) for t in taps):
+                raise TypeError(f"blur_kernel {taps!r:.40} is not a list of numbers")
+            kwargs["blur_kernel"] = taps
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
             f"malformed StyleGAN2 architecture ({_first_line(e)}); "
