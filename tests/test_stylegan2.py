@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import subprocess
@@ -311,6 +312,73 @@ def test_lclr_format_round_trip(tmp_path):
         load_checkpoint(tmp_path / "cut.safetensors")
 
 
+def test_malformed_lclr_metadata_is_one_line(tmp_path, model):
+    from safetensors.torch import save_file
+
+    header = {"format": "lclr-stylegan2", "format_version": "1"}
+    arch = json.dumps(loading.architecture(model))
+    cases = {
+        "arch-string": {"arch": '"hello"', "meta": "{}"},
+        "arch-list": {"arch": "[1, 2]", "meta": "{}"},
+        "no-size": {"arch": '{"style_dim": 16}', "meta": "{}"},
+        "bad-size": {"arch": '{"size": "big"}', "meta": "{}"},
+        "bad-channels": {"arch": '{"size": 32, "channels": [4]}', "meta": "{}"},
+        "negative": {"arch": '{"size": 32, "style_dim": -5}', "meta": "{}"},
+        "meta-list": {"arch": arch, "meta": "[1, 2]"},
+        "class-names-int": {"arch": arch, "meta": '{"class_names": 5}'},
+        "class-names-objects": {"arch": arch, "meta": '{"class_names": [{}]}'},
+    }
+    for name, extra in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(dict(model.state_dict()), path, metadata={**header, **extra})
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        assert "\n" not in str(info.value), name
+    meta = {"arch": loading.architecture(model), "class_names": 3}
+    torch.save({"g_ema": model.state_dict(), "lclr_meta": meta}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="malformed lclr metadata"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+def test_damaged_or_oversized_tensors_are_refused(tmp_path, model):
+    # Each would have asked for terabytes: a 10^5-channel conv weight viewing
+    # one float, and an architecture of 10^6 channels stated in metadata.
+    from safetensors.torch import save_file
+
+    sd = dict(model.state_dict())
+    sd["convs.0.conv.weight"] = torch.zeros(1).expand(1, 10**5, 10**5, 3, 3)
+    torch.save({"g_ema": sd}, tmp_path / "views.pt")
+    with pytest.raises(CheckpointError, match="refused.*far more than the file"):
+        load_checkpoint(tmp_path / "views.pt")
+    arch = {**loading.architecture(model), "channels": {"4": 10**6}}
+    meta = {"format": "lclr-stylegan2", "arch": json.dumps(arch)}
+    save_file({"latent_avg": torch.zeros(16)}, tmp_path / "a.safetensors", meta)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_checkpoint(tmp_path / "a.safetensors")
+    sd = dict(model.state_dict())
+    sd["convs.2.conv.weight"] = sd["convs.2.conv.weight"].clone()
+    sd["convs.2.conv.weight"][0, 0, 0, 0, 0] = float("nan")
+    torch.save({"g_ema": sd}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="convs.2.conv.weight holds NaN"):
+        load_checkpoint(tmp_path / "nan.pt")
+    avg = torch.full((16,), float("inf"))
+    torch.save({"g_ema": model.state_dict(), "latent_avg": avg}, tmp_path / "inf.pt")
+    with pytest.raises(CheckpointError, match="latent_avg holds NaN"):
+        load_checkpoint(tmp_path / "inf.pt")
+    for kwargs in ({"size": 8192}, {"blur_kernel": [1] * 17}, {"channels": {8: 0}}):
+        with torch.device("meta"), pytest.raises(ValueError):
+            StyleGAN2(**{"size": 32, "style_dim": 16, **kwargs})
+    ckpt = save_checkpoint(tmp_path / "g.pt", model)
+    with (
+        zipfile.ZipFile(ckpt) as src,
+        zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(CheckpointError, match="refused.*compressed"):
+        load_checkpoint(tmp_path / "deflated.pt")
+
+
 def test_conv_clamp_clamps_layers_and_rgb():
     torch.manual_seed(0)
     free = StyleGAN2(16, style_dim=8, n_mlp=1, channels=TINY).eval()
@@ -392,10 +460,12 @@ def test_refuses_pickled_code(tmp_path, how):
 
 
 def test_checkpoint_errors(tmp_path, model, ckpt):
+    data = ckpt.read_bytes()
     cases = {
         "does not exist": tmp_path / "nope.pt",
-        "not a file": tmp_path,
+        "is a folder": tmp_path,
         "not a PyTorch checkpoint": _write(tmp_path / "a.txt", b"hello\n"),
+        "truncated or corrupt": _write(tmp_path / "cut.pt", data[: len(data) // 2]),
     }
     with zipfile.ZipFile(tmp_path / "junk.pt", "w") as z:
         z.writestr("junk/data.pkl", os.urandom(64))

@@ -17,12 +17,14 @@ stylegan2-ada-pytorch's definitions: the reference our images must equal.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import pickle
 import subprocess
 import sys
 import types
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -552,3 +554,188 @@ def test_damaged_pickles_fail_in_one_line(tmp_path, marker):
             assert "\n" not in str(e)
             errors += 1
     assert errors > 0
+
+
+def test_z_dim_other_than_w_dim_through_the_generator(tmp_path, marker):
+    # z is drawn with the mapping's input width, not w's
+    G = make_generator(res=16, c_dim=2, z_dim=8, w_dim=12, n_mlp=3, seed=7)
+    path = dump(tmp_path / "net.pkl", snapshot(G), marker)
+    gen = load_generator(path, class_label=1, truncation=0.6)
+    assert gen.latent_dim == 12
+    codes = gen.sample_latent(3, seed=4)
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(4))
+    ref = G(z, F.one_hot(torch.full((3,), 1), 2).float(), 0.6)
+    assert rel_err(gen.synthesize(codes), ((ref + 1) / 2).clamp(0, 1)) < 1e-4
+    result = CliRunner().invoke(cli, ["layers", "--weights", str(path)])
+    assert result.exit_code == 0 and "of size 12" in result.output
+
+
+# A file cannot change the loader, nor make it allocate more than the file ----
+
+
+def _glob(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _text(s):
+    return b"X" + len(s).to_bytes(4, "little") + s.encode()
+
+
+def _stream_pickle(stream, times=1):
+    """A pickle calling torch.storage._load_from_bytes(stream) ``times``
+    times through the memo, keeping every result in a list."""
+    body = b"\x80\x03]" + _glob("torch.storage", "_load_from_bytes") + b"q\x01"
+    body += b"B" + len(stream).to_bytes(4, "little") + stream + b"q\x02\x85Ra"
+    return body + b"h\x01h\x02\x85Ra" * (times - 1) + b"."
+
+
+def test_pickles_cannot_modify_the_allow_list(tmp_path, marker):
+    good = dump(tmp_path / "net.pkl", snapshot(make_generator(res=16)), marker)
+    magic = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:]
+    poison = _glob("torch", "FloatStorage") + b"}" + _text("dtype") + _text("x")
+    inner = b"\x80\x02" + poison + b"sb0" + magic  # BUILD inside a storage stream
+    files = {
+        "storage": b"\x80\x02" + poison + b"sb.",
+        "inner": _stream_pickle(inner),
+        "function": b"\x80\x02"
+        + _glob("_codecs", "encode")
+        + b"N}"
+        + _text("__defaults__")
+        + _text("utf-8")
+        + b"\x85s\x86b.",
+    }
+    for data in files.values():
+        (tmp_path / "evil.pkl").write_bytes(data)
+        with pytest.raises(CheckpointError, match="refused.*the pickle modifies"):
+            load_checkpoint(tmp_path / "evil.pkl")
+        load_checkpoint(good)  # later loads are unaffected
+
+
+def _legacy_stream(storages, pad=0):
+    """A legacy torch.save stream of float storages ``{key: numel}`` whose
+    data is missing, padded to ``pad`` bytes."""
+
+    class Storage:
+        def __init__(self, key, numel):
+            self.key, self.numel = key, numel
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+            return None
+
+    f = io.BytesIO()
+    info = dict(protocol_version=1001, little_endian=True)
+    for obj in (0x1950A86A20F9469CFC6C, 1001, info):
+        pickle.dump(obj, f, protocol=2)
+    Pickler(f, protocol=2).dump([Storage(k, n) for k, n in storages.items()])
+    pickle.dump(list(storages), f, protocol=2)
+    return f.getvalue() + b"\0" * max(0, pad - len(f.getvalue()))
+
+
+def test_storages_cannot_outgrow_the_file(tmp_path, marker):
+    # each storage fits its stream, together they are 50x the file
+    stream = _legacy_stream({f"k{i}": 16_000 for i in range(50)}, pad=65_000)
+    (tmp_path / "many.pkl").write_bytes(_stream_pickle(stream))
+    # one valid 64 kB storage, unpickled 100 times through the memo
+    f = io.BytesIO()
+    storage = torch.zeros(16_000)._typed_storage()
+    torch.save(storage, f, _use_new_zipfile_serialization=False)
+    (tmp_path / "memo.pkl").write_bytes(_stream_pickle(f.getvalue(), times=100))
+    for name in ("many.pkl", "memo.pkl"):
+        with pytest.raises(CheckpointError, match="storages are larger than the file"):
+            load_checkpoint(tmp_path / name)
+
+
+def test_tensor_views_cannot_outgrow_the_file(tmp_path, marker):
+    # a 4-byte storage viewed as 10^12 elements
+    G = make_generator(res=16)
+    G.synthesis.b8.conv1.noise_const = torch.zeros(1).expand(10**6, 10**6)
+    path = dump(tmp_path / "net.pkl", snapshot(G), marker)
+    with pytest.raises(CheckpointError, match="tensors are larger than the file"):
+        load_checkpoint(path)
+    result = CliRunner().invoke(cli, ["layers", "--weights", str(path)])
+    assert result.exit_code == 4 and result.output.count("\n") == 1
+
+
+def test_zip_entries_torch_never_writes_are_refused(tmp_path, marker):
+    G = make_generator(res=16)
+    src = dump(tmp_path / "net.pt", snapshot(G), marker, zip_format=True)
+    with zipfile.ZipFile(src) as zf:
+        entries = [(i.filename, zf.read(i)) for i in zf.infolist()]
+    # deflated: a few kB could unpack to gigabytes
+    with zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    with pytest.raises(CheckpointError, match="refused.*compressed"):
+        load_checkpoint(tmp_path / "deflated.pt")
+    # a stored entry whose directory claims 1000x its bytes
+    data = bytearray(src.read_bytes())
+    name = next(n for n, _ in entries if n.endswith("data/0")).encode()
+    at = data.rfind(b"PK\x01\x02")
+    while data[at + 46 : at + 46 + len(name)] != name:
+        at = data.rfind(b"PK\x01\x02", 0, at)
+    size = int.from_bytes(data[at + 24 : at + 28], "little")
+    data[at + 24 : at + 28] = (size * 1000).to_bytes(4, "little")
+    (tmp_path / "lying.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="refused.*inconsistent sizes"):
+        load_checkpoint(tmp_path / "lying.pt")
+
+
+def test_filters_lclr_cannot_represent_are_refused(tmp_path, marker):
+    nonsep = torch.tensor([[1.0, 2, 1], [2, 8, 2], [1, 2, 1]]) / 20
+    for name, filt in (("nonsep", nonsep), ("other", setup_filter((1, 2, 1)))):
+        G = make_generator(res=16)
+        G.synthesis.b8.resample_filter = filt  # b16 keeps [1, 3, 3, 1]
+        if name == "nonsep":
+            for block in (G.synthesis.b8, G.synthesis.b16):
+                block.resample_filter = filt
+                block.conv0.resample_filter = filt
+        path = dump(tmp_path / f"{name}.pkl", snapshot(G), marker)
+        match = "not separable" if name == "nonsep" else "different resampling"
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint(path)
+
+
+def test_nesting_that_crashes_unpicklers_is_refused(tmp_path, marker):
+    # Python hashes nested tuples recursively in C: a deep tuple used as a
+    # dict key or set item kills the interpreter inside any unpickler,
+    # torch.load(weights_only=True) included. Loaded in a child process, so
+    # that a regression fails this test instead of the whole run.
+    deep = b")" + b"\x85" * 300_000
+    key = b"\x80\x02}" + deep + b"Ns."
+    files = {
+        "key.pkl": key,
+        "set.pkl": b"\x80\x02" + _glob("builtins", "set") + b"]" + deep + b"a\x85R.",
+        "stream.pkl": _stream_pickle(b"\x80\x02" + deep + b"0" + key),
+    }
+    torch.save({"g_ema": {"x": torch.zeros(1)}}, tmp_path / "port.pt")
+    with (
+        zipfile.ZipFile(tmp_path / "port.pt") as zf,
+        zipfile.ZipFile(tmp_path / "zip.pt", "w") as out,
+    ):
+        for info in zf.infolist():
+            data = key if info.filename.endswith("data.pkl") else zf.read(info)
+            out.writestr(info.filename, data)
+    magic = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+    files["legacy.pt"] = magic + pickle.dumps(1001, protocol=2) + key
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    names = [*files, "zip.pt"]
+    code = (
+        "import sys\n"
+        "from lclr.errors import CheckpointError\n"
+        "from lclr_stylegan2.loading import load_checkpoint\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_checkpoint(path)\n"
+        "    except CheckpointError as e:\n"
+        "        print(e)\n"
+    )
+    args = [sys.executable, "-c", code, *(str(tmp_path / n) for n in names)]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert len(lines) == len(names), run.stdout
+    assert all("nests objects more than 1000 deep" in line for line in lines), lines

@@ -199,9 +199,9 @@ class StyleGAN2Generator(Generator):
         """``(N, D)`` codes: z, or truncated w = mapping(z); no gradient."""
         generator = random_stream(seed, generator)
         device = self.latent_avg.device
-        z = torch.randn(
-            n, self.latent_dim, generator=generator, device=generator.device
-        )
+        # z has the mapping's input width, which may differ from w's
+        z_dim = self.model.z_dim
+        z = torch.randn(n, z_dim, generator=generator, device=generator.device)
         z = z.to(device)
         if self.space == "z":
             return z

@@ -139,26 +139,39 @@ def _count(sd: Mapping[str, Any], pattern: str) -> int:
 
 
 def build(arch: Mapping[str, Any]) -> StyleGAN2:
-    """A randomly initialised :class:`StyleGAN2` for an architecture dict."""
-    channels = arch.get("channels")
-    if channels is not None:
-        channels = {int(r): int(c) for r, c in channels.items()}
-    kwargs = {
-        "size": int(arch["size"]),
-        "style_dim": int(arch.get("style_dim", 512)),
-        "n_mlp": int(arch.get("n_mlp", 8)),
-        "channel_multiplier": int(arch.get("channel_multiplier", 2)),
-        "channels": channels,
-        "c_dim": int(arch.get("c_dim", 0)),
-        "lr_mlp": float(arch.get("lr_mlp", 0.01)),
-    }
-    for name in ("z_dim", "embed_dim"):
-        if arch.get(name):
-            kwargs[name] = int(arch[name])
-    if arch.get("conv_clamp") is not None:
-        kwargs["conv_clamp"] = float(arch["conv_clamp"])
-    if arch.get("blur_kernel"):
-        kwargs["blur_kernel"] = tuple(arch["blur_kernel"])
+    """A randomly initialised :class:`StyleGAN2` for an architecture dict.
+
+    Under ``torch.device("meta")`` it costs no memory: that is how a file's
+    architecture is checked before anything of its size is allocated.
+    """
+    try:
+        channels = arch.get("channels")
+        if channels is not None:
+            channels = {int(r): int(c) for r, c in channels.items()}
+        kwargs = {
+            "size": int(arch["size"]),
+            "style_dim": int(arch.get("style_dim", 512)),
+            "n_mlp": int(arch.get("n_mlp", 8)),
+            "channel_multiplier": int(arch.get("channel_multiplier", 2)),
+            "channels": channels,
+            "c_dim": int(arch.get("c_dim", 0)),
+            "lr_mlp": float(arch.get("lr_mlp", 0.01)),
+        }
+        for name in ("z_dim", "embed_dim"):
+            if arch.get(name):
+                kwargs[name] = int(arch[name])
+        if arch.get("conv_clamp") is not None:
+            kwargs["conv_clamp"] = float(arch["conv_clamp"])
+        if arch.get("blur_kernel"):
+            taps = tuple(arch["blur_kernel"])
+            if not all(isinstance(t, (int, float)) for t in taps):
+                raise TypeError(f"blur_kernel {taps!r:.40} is not a list of numbers")
+            kwargs["blur_kernel"] = taps
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"malformed StyleGAN2 architecture ({_first_line(e)}); "
+            "export the generator again"
+        ) from None
     try:
         return StyleGAN2(**kwargs)
     except ValueError as e:
@@ -166,6 +179,11 @@ def build(arch: Mapping[str, Any]) -> StyleGAN2:
 
 
 def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise CheckpointError(
+            f"weights '{path}' is a folder, not a file; pass a StyleGAN2 "
+            ".pt, .pkl or .safetensors file (BigGAN folders: --generator biggan)"
+        )
     if not path.is_file():
         raise CheckpointError(
             f"weights file '{path}' does not exist or is not a file; "
@@ -184,21 +202,65 @@ def read(path: str | os.PathLike) -> Any:
     """``torch.load`` a file safely, turning every failure into one line."""
     path = Path(path)
     _check_file(path)
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_torch_zip(path)
     try:
+        _check_torch_nesting(path, is_zip)
         # Training snapshots of the port keep their argparse options. A
         # Namespace is safe to allow: unpickling makes an empty one and fills
         # its __dict__; no method of the file's choosing runs.
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except safe_pickle.Refused as e:
+        raise CheckpointError(f"refused to load '{path}': {e}") from None
     except Exception as e:  # noqa: BLE001 - any failure is the file's fault
         if "weights_only" in str(e) or "Weights only load failed" in str(e):
             raise CheckpointError(
                 f"refused to load '{path}': it holds Python objects, not only "
                 "tensors; convert it to a plain {'g_ema': state_dict} file"
             ) from None
+        if not is_zip and sniff(path) == "torch":  # a torch header, then damage
+            raise CheckpointError(
+                f"'{path}' is truncated or corrupt ({_first_line(e)}); "
+                "download or copy it again"
+            ) from None
         raise CheckpointError(
             f"'{path}' is not a PyTorch checkpoint ("
             f"{_first_line(e)}); pass a .pt file written by torch.save"
+        ) from None
+
+
+def _check_torch_nesting(path: Path, is_zip: bool) -> None:
+    """Scan the pickles torch.load will read for crashing nesting depths
+    (torch's unpickler hashes what it builds, as every unpickler does)."""
+    if is_zip:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if name.endswith(".pkl"):
+                    safe_pickle.check_nesting(io.BytesIO(zf.read(name)))
+        return
+    with open(path, "rb") as f:
+        if f.read(len(TORCH_MAGIC)) != TORCH_MAGIC:
+            return  # not torch's: torch.load refuses it before unpickling
+        f.seek(0)
+        # the legacy format: magic, protocol, system info, object, keys
+        for _ in range(5):
+            safe_pickle.check_nesting(f, rewind=False)
+
+
+def _check_torch_zip(path: Path) -> None:
+    """Refuse zip entries torch does not write (they could unpack to any
+    size); a zip file whose directory cannot be read is damaged."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            safe_pickle.check_zip(zf, path.stat().st_size)
+    except safe_pickle.Refused as e:
+        raise CheckpointError(f"refused to load '{path}': {e}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(
+            f"'{path}' is truncated or corrupt ({_first_line(e)}); "
+            "download or copy it again"
         ) from None
 
 
@@ -219,11 +281,12 @@ def sniff(path: Path) -> str:
     if head.startswith(b"PK\x03\x04"):
         try:
             with zipfile.ZipFile(path) as zf:
+                safe_pickle.check_zip(zf, path.stat().st_size)
                 names = [n for n in zf.namelist() if n.endswith("data.pkl")]
                 if len(names) == 1 and b"torch_utils" in zf.read(names[0]):
                     return "nvidia-zip"
-        except (zipfile.BadZipFile, OSError, EOFError):
-            pass
+        except (zipfile.BadZipFile, OSError, EOFError, safe_pickle.Refused):
+            pass  # read() says what is wrong with it
         return "torch"
     if head.startswith(TORCH_MAGIC):
         return "torch"
@@ -267,18 +330,35 @@ def read_safetensors(path: Path) -> tuple[dict, Any, dict]:
             header = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         meta = json.loads(header.get("meta", "{}"))
-        if "arch" in header:
+        if isinstance(meta, dict) and "arch" in header:
             meta["arch"] = json.loads(header["arch"])
     except Exception as e:  # noqa: BLE001 - any failure is the file's fault
         raise CheckpointError(
             f"'{path}' is truncated or corrupt ({_first_line(e)}); export it again"
         ) from None
-    if header.get("format", FORMAT) != FORMAT or not isinstance(meta, dict):
+    if header.get("format", FORMAT) != FORMAT:
         raise CheckpointError(
             f"'{path}' is a safetensors file of '{header.get('format')}', not "
             "an lclr StyleGAN2 generator; pass one written by export-generator"
         )
-    return sd, sd.pop("latent_avg", None), meta
+    return sd, sd.pop("latent_avg", None), _check_meta(meta, path)
+
+
+def _check_meta(meta: Any, path: Path) -> dict:
+    """lclr's metadata, if it has the types lclr writes; else one line."""
+    arch = meta.get("arch") if isinstance(meta, Mapping) else None
+    names = meta.get("class_names") if isinstance(meta, Mapping) else None
+    if (
+        not isinstance(meta, Mapping)
+        or not isinstance(arch, (Mapping, type(None)))
+        or not isinstance(names, (list, type(None)))
+        or not all(isinstance(n, str) for n in names or [])
+    ):
+        raise CheckpointError(
+            f"'{path}' has malformed lclr metadata (arch, class names); "
+            "export the generator again"
+        )
+    return dict(meta)
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict, Any, dict]:
@@ -316,7 +396,7 @@ def _split(ckpt: Any, path: Path) -> tuple[dict, Any, dict]:
         )
     if "g_ema" in ckpt:
         sd, latent_avg = ckpt["g_ema"], ckpt.get("latent_avg")
-        meta = ckpt.get("lclr_meta") or {}
+        meta = _check_meta(ckpt.get("lclr_meta") or {}, path)
         if latent_avg is None and ({"g", "d", "args"} & set(ckpt)):
             meta = {**meta, "source": "port-training-snapshot"}
     elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
@@ -334,9 +414,7 @@ def _split(ckpt: Any, path: Path) -> tuple[dict, Any, dict]:
             f"'{path}': 'g_ema' is not a state dict of tensors; "
             "pass a checkpoint saved from the generator's state_dict()"
         )
-    if not isinstance(meta, Mapping):
-        raise CheckpointError(f"'{path}': 'lclr_meta' is not a dict; remove it")
-    return dict(sd), latent_avg, dict(meta)
+    return dict(sd), latent_avg, _check_meta(meta, path)
 
 
 def _fill_noise(sd: dict, model: StyleGAN2, noise_seed: int) -> None:
@@ -352,13 +430,41 @@ def _fill_noise(sd: dict, model: StyleGAN2, noise_seed: int) -> None:
         log.info("checkpoint has no %s; drawn from seed %d", drawn[0], noise_seed)
 
 
-def _check_keys(model: StyleGAN2, sd: Mapping[str, torch.Tensor], path) -> None:
-    """A one-line error listing missing, unexpected and misshapen keys."""
-    own = model.state_dict()
+def _derived(key: str) -> bool:
+    """Buffers that follow from the architecture or a seed, not the file."""
+    return key.endswith(("blur.kernel", "upsample.kernel")) or key.startswith("noises.")
+
+
+def _check_size(sd: Mapping[str, Any], path: Path) -> None:
+    """Refuse tensors far larger than the file (views of a few bytes
+    declared as gigabytes: loading them would allocate that much), and
+    tensors holding NaN or infinity."""
+    held = sum(
+        t.numel() * t.element_size() for t in sd.values() if isinstance(t, torch.Tensor)
+    )
+    size = path.stat().st_size
+    if held > 2 * size + 2**20:
+        raise CheckpointError(
+            f"refused to load '{path}': its tensors declare {held} bytes, far "
+            f"more than the file's {size}; the file is corrupt or crafted"
+        )
+    for key, t in sd.items():  # a damaged float is often NaN or infinite
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(
+                f"'{path}': {key} holds NaN or infinite values; the file is "
+                "corrupt, download or copy it again"
+            )
+
+
+def _check_keys(own: Mapping, sd: Mapping[str, torch.Tensor], path, size) -> None:
+    """A one-line error listing missing, unexpected and misshapen keys.
+
+    ``own`` is the state dict the network needs (meta tensors will do).
+    """
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        f"{k} is {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in the network"
         for k, v in own.items()
         if k in sd and sd[k].shape != v.shape
     ]
@@ -372,7 +478,7 @@ def _check_keys(model: StyleGAN2, sd: Mapping[str, torch.Tensor], path) -> None:
         problems.append(f"shape mismatch {'; '.join(wrong[:2])}{more}")
     if problems:
         raise CheckpointError(
-            f"'{path}' does not fit a {model.size}px StyleGAN2: "
+            f"'{path}' does not fit a {size}px StyleGAN2: "
             + "; ".join(problems)
             + "; check the architecture options (size, style_dim, n_mlp, "
             "channel_multiplier, c_dim) or the file"
@@ -395,17 +501,25 @@ def load_checkpoint(
     """
     path = Path(path)
     sd, latent_avg, meta = read_weights(path)
+    _check_size(sd, path)
     spec = dict(meta.get("arch") or infer_architecture(sd))
     given = {k: v for k, v in (arch or {}).items() if v is not None}
     if "channel_multiplier" in given or "size" in given:
         spec.pop("channels", None)  # the user states the standard table
     spec.update(given)
+    # the file's tensors must fit before a network of its stated size is made
+    try:
+        with torch.device("meta"):
+            shapes = build(spec).state_dict()
+    except CheckpointError as e:
+        raise CheckpointError(f"'{path}': {e}") from None
+    derived = {k: v for k, v in shapes.items() if k not in sd and _derived(k)}
+    _check_keys(shapes, {**sd, **derived}, path, spec["size"])
     model = build(spec)
     for key, value in model.state_dict().items():
         if key.endswith(("blur.kernel", "upsample.kernel")):
             sd.setdefault(key, value)  # fixed FIR filters, from the arch
     _fill_noise(sd, model, noise_seed)
-    _check_keys(model, sd, path)
     model.load_state_dict(sd, strict=True)
     if latent_avg is not None:
         if not isinstance(latent_avg, torch.Tensor) or latent_avg.numel() != (
@@ -416,6 +530,11 @@ def load_checkpoint(
                 "remove it or fix the file"
             )
         latent_avg = latent_avg.reshape(model.style_dim).float()
+        if not torch.isfinite(latent_avg).all():
+            raise CheckpointError(
+                f"'{path}': latent_avg holds NaN or infinite values; remove it "
+                "or copy the file again"
+            )
     log.debug("loaded %s: %s", path, architecture(model))
     return Loaded(model=model, latent_avg=latent_avg, meta=meta, path=path)
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 NOISE_MODES = ("const", "random", "none")
+MAX_SIZE = 4096  # above every published StyleGAN2; bounds the noise buffers
+MAX_TAPS = 16  # FIR filter length (StyleGAN2 uses 4)
 
 
 def standard_channels(channel_multiplier: int = 2) -> dict[int, int]:
@@ -344,12 +346,25 @@ class StyleGAN2(nn.Module):
     ):
         super().__init__()
         log_size = int(math.log2(size)) if size > 0 else 0
-        if size < 8 or 2**log_size != size:
-            raise ValueError(f"size must be a power of two >= 8, got {size}")
+        if size < 8 or size > MAX_SIZE or 2**log_size != size:
+            raise ValueError(
+                f"size must be a power of two from 8 to {MAX_SIZE}, got {size}"
+            )
         if conv_clamp is not None and not conv_clamp > 0:
             raise ValueError(f"conv_clamp must be > 0 or None, got {conv_clamp}")
+        if not 1 <= len(blur_kernel) <= MAX_TAPS:
+            raise ValueError(f"blur_kernel must have 1 to {MAX_TAPS} taps")
         table = standard_channels(channel_multiplier)
         table.update({int(r): int(c) for r, c in (channels or {}).items()})
+        dims = {"style_dim": style_dim, "n_mlp": n_mlp, "z_dim": z_dim}
+        dims["embed_dim"] = embed_dim
+        for i in range(2, log_size + 1):
+            dims[f"channels at {2**i} px"] = table[2**i]
+        for name, value in dims.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if c_dim < 0:
+            raise ValueError(f"c_dim must be >= 0, got {c_dim}")
         self.size = size
         self.log_size = log_size
         self.style_dim = style_dim

@@ -31,7 +31,7 @@ import torch
 
 from lclr.errors import CheckpointError
 
-from .model import StyleGAN2, make_kernel
+from .model import MAX_TAPS, StyleGAN2, make_kernel
 from .safe_pickle import PersistentObject
 
 STANDARD_FILTER = (1, 3, 3, 1)
@@ -102,14 +102,27 @@ class _Reader:
         return float(value)
 
 
-def _taps(filt: torch.Tensor) -> tuple[float, ...]:
-    """The separable taps of a normalised 2-D FIR filter."""
+def _taps(rd: _Reader, filters: list[torch.Tensor]) -> tuple[float, ...]:
+    """The taps of the one FIR filter all layers share.
+
+    NVIDIA stores it normalised, as taps (8 or more) or as their outer
+    product; ours is made from taps, so any other filter is refused.
+    """
+    first = filters[0]
+    if any(f.shape != first.shape or not torch.equal(f, first) for f in filters):
+        raise rd.fail("its layers use different resampling filters")
+    if first.ndim not in (1, 2) or not 1 <= first.shape[0] <= MAX_TAPS:
+        raise rd.fail(f"its resampling filter {tuple(first.shape)} is not supported")
+    taps = first if first.ndim == 1 else first.sum(dim=1)
+    rebuilt = make_kernel(taps.tolist())
+    if first.ndim == 1:
+        rebuilt = rebuilt.sum(dim=1)
     standard = make_kernel(STANDARD_FILTER)
-    if filt.shape == standard.shape and torch.allclose(filt, standard, atol=1e-6):
+    if first.shape == standard.shape and torch.allclose(first, standard, atol=1e-6):
         return STANDARD_FILTER
-    if filt.ndim == 1:
-        return tuple(float(t) for t in filt)
-    return tuple(float(t) for t in filt.sum(dim=1))
+    if not torch.allclose(first, rebuilt, rtol=1e-5, atol=1e-7):
+        raise rd.fail("its resampling filter is not separable and normalised")
+    return tuple(float(t) for t in taps)
 
 
 def convert(G: PersistentObject, where: str):
@@ -175,9 +188,11 @@ def _architecture(rd: _Reader, mapping, syn) -> dict[str, Any]:
         if weight is None or weight.ndim != 4:
             raise rd.fail(f"synthesis.b{r}.conv1.weight is missing")
         channels[r] = int(weight.shape[0])
-        filt = block.tensor("resample_filter")
-        if r > 4 and filt is not None:
-            filters.append(filt.float())
+        # the skip upsampling and conv0's upsampling (conv1's is unused)
+        for owner in (block, block.child("conv0")):
+            filt = None if owner is None else owner.tensor("resample_filter")
+            if r > 4 and filt is not None:
+                filters.append(filt.float())
     if len(clamps) != 1:
         raise rd.fail("its layers use different conv_clamp values")
     clamp = clamps.pop()
@@ -207,7 +222,7 @@ def _architecture(rd: _Reader, mapping, syn) -> dict[str, Any]:
         "lr_mlp": gains.pop(),
         "conv_clamp": None if clamp is None else float(clamp),
         "z_dim": z_dim,
-        "blur_kernel": _taps(filters[0]) if filters else STANDARD_FILTER,
+        "blur_kernel": _taps(rd, filters) if filters else STANDARD_FILTER,
     }
     if c_dim > 0:
         embed = mapping.child("embed")

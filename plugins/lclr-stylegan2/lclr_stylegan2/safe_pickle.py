@@ -20,13 +20,23 @@ only record data:
   is a dict.
 
 Any other global is refused with :class:`Refused`, before anything is built.
+
+A load allocates no more than its file can justify: the storages it creates
+hold at most the file's bytes, the tensors viewing them at most twice that
+(a :class:`Budget` per load), and a zip file's entries must be stored
+uncompressed, as torch writes them. The stand-ins are immutable, so a
+pickle cannot change them for the loads that follow.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import math
+import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections import OrderedDict
@@ -61,6 +71,134 @@ class Refused(Exception):
 
     ``str()`` is one line suitable for an error message.
     """
+
+
+class Budget:
+    """The bytes a load may still allocate, from the size of its file.
+
+    Storages draw on ``storages`` (their bytes must be in the file); tensor
+    views on ``views`` (twice the file, for tensors that share storage).
+    """
+
+    def __init__(self, file_bytes: int):
+        self.storages = file_bytes
+        self.views = 2 * file_bytes + 2**20
+
+    def take(self, kind: str, nbytes: int) -> None:
+        left = getattr(self, kind)
+        if nbytes > left:
+            what = "storages" if kind == "storages" else "tensors"
+            raise Refused(f"its {what} are larger than the file that holds them")
+        setattr(self, kind, left - nbytes)
+
+
+_BUDGET: contextvars.ContextVar[Budget] = contextvars.ContextVar("budget")
+
+
+def _take(kind: str, nbytes: int) -> None:
+    budget = _BUDGET.get(None)
+    if budget is None:
+        raise Refused("a tensor outside a load")
+    budget.take(kind, nbytes)
+
+
+@contextlib.contextmanager
+def budget_of(file_bytes: int):
+    """Bound the allocations of the load run inside, by its file's size."""
+    token = _BUDGET.set(Budget(file_bytes))
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+MAX_NESTING = 1000
+_MODIFY = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
+_MARK = object()
+
+
+def check_nesting(f, rewind: bool = True) -> None:
+    """Refuse a pickle that nests containers deeper than :data:`MAX_NESTING`.
+
+    Reads one pickle from ``f`` without building anything, then puts ``f``
+    back where it was (or, with ``rewind=False``, leaves it after the
+    pickle). A stream cut short raises ``EOFError``, one that cannot be
+    parsed ``pickle.UnpicklingError``, as unpickling it would.
+
+    Python hashes nested tuples recursively in C, so a few
+    hundred kilobytes of ``((((...))))`` used as a dict key crash the
+    interpreter inside any unpickler, torch's included. The depth of every
+    object on the pickle machine's stack and memo is tracked; the mutable
+    containers that are filled after being memoised cannot be hashed, so
+    their depth need not be exact.
+    """
+    start = f.tell()
+    done = False
+    stack: list = []
+    memo: dict = {}
+    try:
+        for op, arg, _ in pickletools.genops(f):
+            before, after = op.stack_before, op.stack_after
+            popped: list = []
+            take = len(before)
+            if pickletools.markobject in before or (
+                op.name == "POP" and stack and stack[-1] is _MARK
+            ):
+                at = len(stack) - 1 - stack[::-1].index(_MARK)
+                popped, stack[at:] = stack[at + 1 :], []
+                mark = pickletools.markobject
+                take = before.index(mark) if mark in before else 0
+            if take:
+                if len(stack) < take:
+                    raise Refused("malformed pickle data (stack underflow)")
+                popped = stack[-take:] + popped
+                del stack[-take:]
+            if op.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+                key = len(memo) if op.name == "MEMOIZE" else arg
+                memo[key] = popped[0] if popped else stack[-1]
+            if op.name in ("DUP", "MEMOIZE"):
+                depth = popped[0]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                depth = memo.get(arg, 0)
+            elif op.name in _MODIFY:
+                depth = max(popped[0], 1 + max(popped[1:], default=-1))
+            else:
+                depth = 1 + max(popped, default=-1)
+            if depth > MAX_NESTING:
+                raise Refused(f"it nests objects more than {MAX_NESTING} deep")
+            for item in after:
+                stack.append(_MARK if item is pickletools.markobject else depth)
+        done = True
+    except (ValueError, IndexError) as e:  # unknown opcode, cut or bad stream
+        if any(cut in str(e) for cut in ("exhausted", "not enough", "remain")):
+            raise EOFError(f"pickle data was truncated ({e})") from None
+        raise pickle.UnpicklingError(f"malformed pickle data ({e})") from None
+    finally:
+        if rewind or not done:
+            f.seek(start)
+
+
+class _Frozen:
+    """An allow-listed callable a pickle can call but not modify.
+
+    Pickle's BUILD opcode sets attributes of any object it is handed; on the
+    shared stand-ins that would carry over to later loads.
+    """
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, fn, name: str):
+        object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_name", name)
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __setattr__(self, name, value):
+        raise Refused(f"the pickle modifies {self._name}")
+
+    def __setstate__(self, state):
+        raise Refused(f"the pickle modifies {self._name}")
 
 
 class PersistentObject:
@@ -168,20 +306,29 @@ class NumpyArray:
 
 
 class StorageType:
-    """Stand-in for ``torch.FloatStorage`` and its kin: a dtype."""
+    """Stand-in for ``torch.FloatStorage`` and its kin: a dtype (immutable)."""
+
+    __slots__ = ("name", "dtype")
 
     def __init__(self, name: str):
-        self.name = name
-        self.dtype = STORAGE_DTYPES[name]
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", STORAGE_DTYPES[name])
 
     def __call__(self, *args, **kwargs):
         raise Refused(f"the pickle calls torch.{self.name}")
+
+    def __setattr__(self, name, value):
+        raise Refused(f"the pickle modifies torch.{self.name}")
+
+    def __setstate__(self, state):
+        raise Refused(f"the pickle modifies torch.{self.name}")
 
 
 class Storage:
     """A flat tensor standing for a torch storage; filled once read."""
 
     def __init__(self, dtype: torch.dtype, numel: int):
+        _take("storages", numel * _itemsize(dtype))
         self.dtype = dtype
         self.flat = torch.zeros(numel, dtype=dtype)
         self.filled = False
@@ -197,6 +344,10 @@ class Storage:
             self.flat.view(torch.uint8).copy_(src)
             del src
         self.filled = True
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -217,6 +368,8 @@ def rebuild_tensor(storage, offset, size, stride, *_ignored) -> torch.Tensor:
     last = offset + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
     if offset < 0 or (all(size) and last >= storage.flat.numel()):
         raise Refused("a tensor that reaches past its storage")
+    # a view costs nothing, but each copy made of it does
+    _take("views", math.prod(size) * storage.flat.element_size())
     if not all(size):
         return torch.zeros(size, dtype=storage.dtype)
     # a view: the legacy format fills the storage after the tensors are made
@@ -267,6 +420,7 @@ def read_legacy_stream(f: io.BytesIO) -> Any:
     budget = len(f.getbuffer())  # no storage can be larger than the stream
 
     def unpickle(storages=None):
+        check_nesting(f)
         return _StreamUnpickler(f, INNER, storages=storages, budget=budget).load()
 
     if unpickle() != 0x1950A86A20F9469CFC6C:
@@ -342,7 +496,7 @@ class _StreamUnpickler(pickle.Unpickler):
             return self.archive.storage(key, kind.dtype, numel)
         storage = self.storages.get(key)
         if storage is None:
-            if numel * torch.empty(0, dtype=kind.dtype).element_size() > self.budget:
+            if numel * _itemsize(kind.dtype) > self.budget:
                 raise Refused("a storage larger than the file that holds it")
             storage = self.storages[key] = Storage(kind.dtype, numel)
         return storage
@@ -363,7 +517,7 @@ class _Archive:
                 nbytes = self.zf.getinfo(name).file_size
             except KeyError:
                 raise Refused(f"storage {key} is missing from the archive") from None
-            if nbytes != numel * torch.empty(0, dtype=dtype).element_size():
+            if nbytes != numel * _itemsize(dtype):
                 raise Refused(f"storage {key} does not have {numel} elements")
             storage = Storage(dtype, numel)
             storage.fill(self.zf.read(name))
@@ -371,20 +525,59 @@ class _Archive:
         return self.cache[key]
 
 
-def loads_stream(f) -> Any:
+def loads_stream(f: io.BytesIO) -> Any:
     """Unpickle one plain pickle stream (an NVIDIA ``.pkl``) safely."""
-    return _StreamUnpickler(f, ALLOWED).load()
+    check_nesting(f)
+    with budget_of(len(f.getbuffer())):
+        return _StreamUnpickler(f, ALLOWED).load()
+
+
+def check_zip(zf: zipfile.ZipFile, file_bytes: int) -> None:
+    """Refuse a zip file whose entries torch would not have written.
+
+    torch stores every entry uncompressed, so no entry can hold more than
+    the file does; a compressed or overlapping entry could unpack to any
+    size.
+    """
+    total = 0
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise Refused(
+                f"its zip entry {info.filename} is compressed, which torch never does"
+            )
+        if info.file_size != info.compress_size:
+            raise Refused(f"its zip entry {info.filename} has inconsistent sizes")
+        total += info.compress_size
+    if total > file_bytes:
+        raise Refused("its zip entries are larger than the file")
 
 
 def load_zip(path) -> Any:
     """Unpickle the ``data.pkl`` of a torch zip file safely."""
-    with zipfile.ZipFile(path) as zf:
+    file_bytes = os.path.getsize(path)
+    with zipfile.ZipFile(path) as zf, budget_of(file_bytes):
+        check_zip(zf, file_bytes)
         names = [n for n in zf.namelist() if n.endswith("data.pkl")]
         if len(names) != 1:
             raise Refused("a zip file that is not a torch checkpoint")
         prefix = names[0][: -len("data.pkl")].rstrip("/")
         data = io.BytesIO(zf.read(names[0]))
+        check_nesting(data)
         return _StreamUnpickler(data, ALLOWED, archive=_Archive(zf, prefix)).load()
+
+
+def _frozen(table: dict) -> dict:
+    """The table with its functions wrapped so that pickles cannot edit them.
+
+    Classes need no wrapper: BUILD on one fails (their ``__setstate__``
+    wants an instance, and built-in types are immutable).
+    """
+    return {
+        key: _Frozen(v, ".".join(key))
+        if callable(v) and not isinstance(v, type) and not isinstance(v, StorageType)
+        else v
+        for key, v in table.items()
+    }
 
 
 # The allow-list: (module, name) as written in the pickle -> our stand-in.
@@ -395,26 +588,30 @@ PRIMITIVES = {
     ("__builtin__", "set"): set,
     ("_codecs", "encode"): encode_latin1,
 }
-ALLOWED: dict[tuple[str, str], Any] = {
-    **PRIMITIVES,
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): (
-        reconstruct_persistent
-    ),
-    ("dnnlib.util", "EasyDict"): EasyDict,
-    ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): load_from_bytes,
-    ("numpy", "dtype"): NumpyDType,
-    ("numpy", "ndarray"): NumpyArray,
-    ("numpy.core.multiarray", "scalar"): numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): numpy_scalar,
-    ("numpy.core.multiarray", "_reconstruct"): NumpyArray,
-    ("numpy._core.multiarray", "_reconstruct"): NumpyArray,
-    **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
-}
+ALLOWED: dict[tuple[str, str], Any] = _frozen(
+    {
+        **PRIMITIVES,
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): (
+            reconstruct_persistent
+        ),
+        ("dnnlib.util", "EasyDict"): EasyDict,
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter,
+        ("torch.storage", "_load_from_bytes"): load_from_bytes,
+        ("numpy", "dtype"): NumpyDType,
+        ("numpy", "ndarray"): NumpyArray,
+        ("numpy.core.multiarray", "scalar"): numpy_scalar,
+        ("numpy._core.multiarray", "scalar"): numpy_scalar,
+        ("numpy.core.multiarray", "_reconstruct"): NumpyArray,
+        ("numpy._core.multiarray", "_reconstruct"): NumpyArray,
+        **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
+    }
+)
 # Inside a storage's own stream: only the storage types and containers.
-INNER = {
-    **PRIMITIVES,
-    **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
-}
+INNER = _frozen(
+    {
+        **PRIMITIVES,
+        **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
+    }
+)
