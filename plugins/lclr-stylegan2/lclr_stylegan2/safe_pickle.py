@@ -150,7 +150,7 @@ def check_nesting(f, rewind: bool = True) -> None:
                 take = before.index(mark) if mark in before else 0
             if take:
                 if len(stack) < take:
-                    raise Refused("malformed pickle data (stack underflow)")
+                    raise IndexError("stack underflow")
                 popped = stack[-take:] + popped
                 del stack[-take:]
             if op.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
