@@ -43,3 +43,17 @@ def shapes_factors(n, seed=0):
     from lclr_shapes.render import sample_factors
 
     return sample_factors(n, torch.Generator().manual_seed(seed))
+
+
+class CountFeatures:
+    """Wraps the toy generator's truncated forward to record batch sizes."""
+
+    def __init__(self, generator):
+        self.sizes = []
+        real = generator.features
+
+        def features(codes, layer):
+            self.sizes.append((codes.shape[0], torch.is_grad_enabled()))
+            return real(codes, layer)
+
+        generator.features = features

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import CountFeatures, tiny_config
 
 from lclr import speed
 from lclr.errors import ConfigError
@@ -71,18 +71,6 @@ def test_a_chunked_step_updates_the_parameters_like_one_batch(tmp_path):
     pairs = zip(runs[0].directions.parameters(), runs[1].directions.parameters())
     for a, b in pairs:
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-
-
-class CountFeatures:
-    def __init__(self, generator):
-        self.sizes = []
-        real = generator.features
-
-        def features(codes, layer):
-            self.sizes.append((codes.shape[0], torch.is_grad_enabled()))
-            return real(codes, layer)
-
-        generator.features = features
 
 
 def test_a_memory_budget_picks_micro_batches(tmp_path):

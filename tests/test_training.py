@@ -6,7 +6,7 @@ import signal
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import CountFeatures, tiny_config
 
 from lclr import hookimpl, runfolder
 from lclr.errors import RunFolderError
@@ -95,20 +95,6 @@ def test_an_existing_run_folder_is_never_overwritten(tmp_path):
         train(tiny_config(iterations=2, seed=5), tmp_path / "r")
     after = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
     assert before == after
-
-
-class CountFeatures:
-    """Wraps the toy generator's truncated forward to record batch sizes."""
-
-    def __init__(self, generator):
-        self.sizes = []
-        real = generator.features
-
-        def features(codes, layer):
-            self.sizes.append((codes.shape[0], torch.is_grad_enabled()))
-            return real(codes, layer)
-
-        generator.features = features
 
 
 def test_one_step_runs_one_base_and_one_batched_edited_forward(tmp_path):

@@ -126,15 +126,9 @@ class StyleGAN2Options:
 
     def arch(self) -> dict:
         """The stated architecture fields (those not None)."""
-        names = (
-            "size",
-            "style_dim",
-            "n_mlp",
-            "channel_multiplier",
-            "c_dim",
-            "conv_clamp",
-        )
-        values = {n: getattr(self, n) for n in names}
+        from .loading import ARCH_FIELDS  # torch only once a model is built
+
+        values = {n: getattr(self, n) for n in ARCH_FIELDS}
         return {n: v for n, v in values.items() if v is not None}
 
 
