@@ -243,3 +243,67 @@ def test_export_measure_records_the_quality_bar(tmp_path):
     )
     assert quality["command"] == "lclr shapes quality (n=1000, seed 0)"
     assert facts["median_sec_per_step"] > 0 and facts["minutes_at_median_speed"] >= 0
+
+
+LATE = {"mode_seeking": 0.2, "r1_gamma": 0.02, "augment_p": 0.0}
+
+
+def test_late_settings_take_over_at_their_step():
+    config = tiny(late_from=2, late=LATE, mode_seeking=1.0)
+    assert config.at_step(1) is config
+    late = config.at_step(2)
+    assert (late.mode_seeking, late.r1_gamma, late.augment_p) == (0.2, 0.02, 0.0)
+    assert late.late_from is None and late.lr == config.lr
+    assert GanConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"late": {"mode_seeking": 0.2}}, "need late_from"),
+        ({"late_from": 2, "late": {"lr": 0.1}}, "lr are not allowed"),
+        ({"late_from": 2, "late": {"r1_gamma": 0.0}}, "cannot switch R1"),
+        ({"late_from": 2, "late": {"augment_p": 2.0}}, r"augment_p must be in"),
+        ({"late_from": 0}, "late_from must be > 0"),
+    ],
+)
+def test_late_settings_are_validated(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**changes)
+
+
+def test_resume_across_the_late_step_matches_an_uninterrupted_run(tmp_path):
+    torch.set_num_threads(1)
+    config = dict(late_from=3, late=LATE, mode_seeking=1.0)
+    whole = train(tiny(steps=5, **config), tmp_path / "whole")
+    train(tiny(steps=2, **config), tmp_path / "split")
+    resumed = train(tiny(steps=5, **config), tmp_path / "split", resume=True)
+    assert resumed.settings().augment_p == 0.0
+    for net in ("G", "D", "G_ema"):
+        a = getattr(whole, net).state_dict()
+        b = getattr(resumed, net).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+    # the late phase really trains differently from a one-phase run
+    plain = train(tiny(steps=5, mode_seeking=1.0), tmp_path / "plain")
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(plain.G.parameters(), whole.G.parameters())
+    )
+
+
+def test_command_line_late_settings_errors_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from lclr_shapes.gan.cli import train_gan
+
+    for args, message in [
+        (["--late", "mode_seeking"], "--late takes NAME=VALUE"),
+        (["--late", "mode_seeking=a"], "--late takes NAME=VALUE"),
+        (["--late", "mode_seeking=0.2"], "need late_from"),
+        (["--late-from", "5", "--late", "pl=1"], "pl are not allowed"),
+    ]:
+        result = CliRunner().invoke(train_gan, ["--out", str(tmp_path / "r"), *args])
+        assert result.exit_code != 0
+        assert message in str(result.exception) + result.output
+        assert not (tmp_path / "r").exists()

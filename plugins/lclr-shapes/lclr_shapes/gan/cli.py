@@ -55,6 +55,24 @@ def _log_to(path: Path, quiet: bool) -> None:
         log.addHandler(handler)
 
 
+def _late_settings(pairs: tuple[str, ...]) -> dict[str, float]:
+    """``NAME=VALUE`` strings as a dict of floats; one line if malformed."""
+    from lclr.errors import ConfigError
+
+    late = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            late[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--late takes NAME=VALUE with a number, got '{pair}'"
+            ) from None
+    return late
+
+
 @click.command("train-gan")
 @click.option(
     "--out",
@@ -89,6 +107,20 @@ def _log_to(path: Path, quiet: bool) -> None:
     "--pl-weight", type=float, default=None, help="Path-length weight [0: off]."
 )
 @click.option(
+    "--late-from",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Step from which the --late settings apply.",
+)
+@click.option(
+    "--late",
+    "late",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A setting that changes at --late-from (repeatable): mode_seeking, "
+    "r1_gamma, augment_p or class_loss.",
+)
+@click.option(
     "--biggan-width",
     type=click.IntRange(min=1),
     default=None,
@@ -112,6 +144,8 @@ def train_gan(
     batch_size,
     r1_gamma,
     pl_weight,
+    late_from,
+    late,
     biggan_width,
     threads,
     resume,
@@ -132,6 +166,8 @@ def train_gan(
         "r1_gamma": r1_gamma,
         "pl_weight": pl_weight,
         "biggan_width": biggan_width,
+        "late_from": late_from,
+        "late": _late_settings(late) or None,
     }
     given = {k: v for k, v in given.items() if v is not None}
     try:

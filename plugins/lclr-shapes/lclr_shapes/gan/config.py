@@ -21,6 +21,21 @@ def _int_keys(value) -> dict[int, int]:
     return {int(k): int(v) for k, v in dict(value).items()}
 
 
+LATE_FIELDS = ("mode_seeking", "r1_gamma", "augment_p", "class_loss")
+"""Settings a run may change at ``late_from`` (see :attr:`GanConfig.late`)."""
+
+
+def _late(value) -> dict[str, float]:
+    late = {str(k): float(v) for k, v in dict(value or {}).items()}
+    unknown = sorted(set(late) - set(LATE_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"late settings {', '.join(unknown)} are not allowed; "
+            f"choose from {', '.join(LATE_FIELDS)}"
+        )
+    return late
+
+
 def _blocks(value) -> tuple[tuple[bool, int, int], ...]:
     return tuple((bool(up), int(c_in), int(c_out)) for up, c_in, c_out in value)
 
@@ -127,7 +142,23 @@ class GanConfig:
     biggan_lr: float = attrs.field(default=0.0002, validator=_positive)
     """Adam learning rate of a BigGAN-deep G (D keeps ``lr``)."""
 
+    late_from: int | None = attrs.field(default=None, validator=_positive)
+    """Step from which the ``late`` settings replace the early ones
+    (``None``: one phase)."""
+    late: dict[str, float] = attrs.field(factory=dict, converter=_late)
+    """Settings (of :data:`LATE_FIELDS`) that take new values from step
+    ``late_from`` on: strong diversity pressure while G finds its modes,
+    then weaker regularisation while it sharpens them."""
+
     def __attrs_post_init__(self):
+        if self.late and self.late_from is None:
+            raise ValueError("late settings need late_from, the step they start at")
+        if "r1_gamma" in self.late and (self.late["r1_gamma"] > 0) != (
+            self.r1_gamma > 0
+        ):
+            raise ValueError("a late r1_gamma cannot switch R1 on or off")
+        if "augment_p" in self.late and not 0.0 <= self.late["augment_p"] <= 1.0:
+            raise ValueError("late augment_p must be in [0, 1]")
         if self.arch == "biggan" and not self.conditional:
             raise ValueError("arch biggan is class-conditional; keep conditional")
         if self.arch == "biggan" and self.pl_weight:
@@ -136,6 +167,13 @@ class GanConfig:
     def to_json(self) -> str:
         """The config as a JSON string."""
         return json.dumps(attrs.asdict(self), indent=2, sort_keys=True)
+
+    def at_step(self, step: int) -> GanConfig:
+        """The settings in force at ``step`` (the late ones from
+        ``late_from`` on)."""
+        if self.late_from is None or step < self.late_from or not self.late:
+            return self
+        return attrs.evolve(self, late_from=None, late={}, **self.late)
 
     @classmethod
     def from_json(cls, text: str) -> GanConfig:

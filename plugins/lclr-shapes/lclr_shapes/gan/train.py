@@ -112,6 +112,7 @@ class Trainer:
         self.nimg = 0
         self.elapsed = 0.0
         self.pl_mean = torch.zeros(())
+        self._phase: tuple[int, GanConfig] | None = None
 
     def _adam(
         self, net: nn.Module, interval: int, lr: float | None = None
@@ -165,10 +166,16 @@ class Trainer:
             ws = torch.where(late, w2.unsqueeze(1), ws)
         return G.synthesis(ws, noise_mode="random"), ws, z
 
+    def settings(self) -> GanConfig:
+        """The config in force at the current step (early or late phase)."""
+        if self._phase is None or self._phase[0] != self.step:
+            self._phase = (self.step, self.config.at_step(self.step))
+        return self._phase[1]
+
     def discriminate(self, img: torch.Tensor, c, with_class: bool = False):
         """D's ``(N,)`` logits for augmented ``img`` and, ``with_class`` in
         a run with a class loss, its ``(N, C)`` class logits (else None)."""
-        cfg = self.config
+        cfg = self.settings()
         img = augment(img, cfg.augment, cfg.augment_p, self.gens["augment"])
         if with_class and self.c_dim and cfg.class_loss:
             return self.D(img, c, with_class=True)
@@ -178,7 +185,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One D step, lazy R1, one G step, lazy path length, EMA update."""
-        cfg = self.config
+        cfg = self.settings()
         n = cfg.batch
         metrics: dict[str, float] = {}
 
