@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ import attrs
 import torch
 
 from lclr.errors import CheckpointError
+from lclr.runfolder import atomic_write, save_state
 
 from . import nvidia, safe_pickle
 from .model import StyleGAN2, standard_channels
@@ -561,14 +561,7 @@ def save_checkpoint(
     if latent_avg is not None:
         ckpt["latent_avg"] = latent_avg.detach().cpu().reshape(-1).float()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_state(path, ckpt)
     return path
 
 
@@ -584,7 +577,7 @@ def save_generator(
     ``format_version``, ``arch`` (:func:`architecture`) and ``meta``
     (JSON-able, e.g. ``{"class_names": [...]}``).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -597,14 +590,7 @@ def save_generator(
         "meta": json.dumps(dict(meta or {})),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, save(tensors, metadata=header))
     return path
 
 

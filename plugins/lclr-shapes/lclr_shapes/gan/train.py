@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lclr.errors import CheckpointError, RunFolderError
+from lclr.runfolder import save_state
 from lclr_shapes import render
 from lclr_shapes.gan.augment import augment
 from lclr_shapes.gan.config import GanConfig
@@ -73,12 +74,6 @@ def mode_seeking_ratio(img: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     d_img = (img[:h] - img[h : 2 * h]).abs().mean()
     d_z = (z[:h] - z[h : 2 * h]).abs().mean()
     return d_img / d_z
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -325,7 +320,7 @@ class Trainer:
     def save(self, folder: Path) -> Path:
         """Write the checkpoint atomically into ``folder``."""
         path = Path(folder) / CHECKPOINT
-        _save_atomic(self.state_dict(), path)
+        save_state(path, self.state_dict())
         return path
 
 
