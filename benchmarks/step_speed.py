@@ -290,19 +290,24 @@ def plan_memory(args, weights) -> None:
     config = RunConfig(weights=weights, layer=args.layer, k=args.k,
                        batch_size=args.n, device=args.device,
                        max_memory=args.plan_memory)  # fmt: skip
-    g, d, _, layer = build_components(config)
+    g, d, objective, layer = build_components(config)
     m, f = args.k * args.n, math.prod(g.layer_shape(layer))
     codes = g.sample_latent(m, seed=0).to(next(d.parameters()).device)
     per_code, fixed = speed.graph_bytes(g, layer, codes)
-    held = 3 * m * f * 4
+    with torch.no_grad():
+        sample = g.features(codes[:2], layer).flatten(1)
+        copies = 2 if objective.transform_features(sample) is sample else 3
+    held = copies * m * f * 4
     whole = held + fixed + m * per_code * speed.GRAPH_FACTOR
     gib = speed.GIB
     print(f"{args.generator} {layer}, K·N = {m}, F = {f}")
     print(f"graph per code:        {per_code / 2**20:.1f} MiB")
-    print(f"features held (3·K·N·F float32): {held / gib:.2f} GiB")
+    print(f"features held ({copies}·K·N·F float32): {held / gib:.2f} GiB")
     print(f"one batch, estimated:  {whole / gib:.1f} GiB")
     try:
-        chunk = speed.plan_chunks(config, g, layer, codes, f, contextlib.nullcontext)
+        chunk = speed.plan_chunks(
+            config, g, layer, codes, f, contextlib.nullcontext, copies
+        )
     except Exception as exc:  # the trainer's one-line refusal
         print(f"within {args.plan_memory} GiB: {exc}")
         return

@@ -79,8 +79,9 @@ def test_a_memory_budget_picks_micro_batches(tmp_path):
     codes = torch.zeros(32, run.generator.latent_dim)
     per_code, fixed = speed.graph_bytes(run.generator, run.layer, codes)
     feature_dim = 64 * 16 * 16
-    # room for the held features and about 10 codes' graphs
-    budget = 3 * 32 * feature_dim * 4 + fixed + 10 * per_code * speed.GRAPH_FACTOR
+    # room for the held features (two copies: the paper's objective takes
+    # differences of the raw features) and about 10 codes' graphs
+    budget = 2 * 32 * feature_dim * 4 + fixed + 10 * per_code * speed.GRAPH_FACTOR
     run = new_run(config.evolve(max_memory=budget / speed.GIB), tmp_path)
     counter = CountFeatures(run.generator)
     train_step(run)
@@ -92,6 +93,24 @@ def test_a_memory_budget_picks_micro_batches(tmp_path):
         + [(size, False) for size in chunks]
         + [(size, True) for size in chunks]
     )
+
+
+@pytest.mark.parametrize(
+    "options, copies",
+    [({}, 2), ({"variant": "authors"}, 3), ({"projector": "mlp"}, 3)],
+)
+def test_features_are_held_once_unless_the_objective_transforms_them(
+    tmp_path, monkeypatch, options, copies
+):
+    planned = []
+
+    def plan(*args):
+        planned.append(args[-1])
+        return None
+
+    monkeypatch.setattr(speed, "plan_chunks", plan)
+    train_step(new_run(tiny_config(objective_options=options), tmp_path))
+    assert planned == [copies]
 
 
 def test_the_graph_probe_grows_with_the_layer(tmp_path):

@@ -139,9 +139,20 @@ def forward_backward(
     with torch.no_grad(), precision():
         feats = features_of(generator, leaf, layer, chunk_size)
     feats = upcast(feats).requires_grad_(True)
-    loss, metrics = loss_fn(changes_of(feats))
+    transformed = objective.transform_features(feats)
+    if transformed is feats:
+        # the paper's objective takes differences of the raw features: they
+        # become their changes in place, and the gradient w.r.t. a change is
+        # the one w.r.t. its feature, so two (K·N, F) tensors are held, not 3
+        with torch.no_grad():
+            feats.view(k, n, -1).sub_(base[None])
+        changes = feats.view(k, n, -1)
+    else:
+        changes = transformed.view(k, n, -1) - base[None]
+    loss, metrics = loss_fn(changes)
     loss.backward()
-    grad, feats = feats.grad, None  # (K·N, F)
+    grad = feats.grad  # (K·N, F)
+    changes = transformed = feats = None
 
     # Pass 2: each chunk again with its graph, back-propagating its slice.
     leaf.requires_grad_(True)
@@ -207,13 +218,14 @@ def free_bytes(device: torch.device) -> int | None:
         return None
 
 
-def plan_chunks(config, generator, layer, codes, feature_dim, precision):
+def plan_chunks(config, generator, layer, codes, feature_dim, precision, copies=3):
     """The chunk size for ``codes`` (K·N of them): None for one batch.
 
     ``config.chunk_size`` wins; else the budget ``config.max_memory`` GiB
     (default: a share of what the device has free) must hold the features
-    the loss compares (three ``(K·N, F)`` float32 tensors) and one chunk's
-    graph.
+    the loss compares (``copies`` ``(K·N, F)`` float32 tensors: 2 when the
+    objective takes differences of the raw features, else 3, see
+    :func:`forward_backward`) and one chunk's graph.
     """
     m = codes.shape[0]
     if config.chunk_size:
@@ -221,13 +233,15 @@ def plan_chunks(config, generator, layer, codes, feature_dim, precision):
     # decided once per run's shape, so free memory that varies between
     # steps never switches a run between one batch and micro-batches
     cache = _probes.setdefault(generator, {})
-    key = ("plan", layer, tuple(codes.shape), config.max_memory)
+    key = ("plan", layer, tuple(codes.shape), config.max_memory, copies)
     if key not in cache:
-        cache[key] = _plan(config, generator, layer, codes, feature_dim, precision)
+        cache[key] = _plan(
+            config, generator, layer, codes, feature_dim, precision, copies
+        )
     return cache[key]
 
 
-def _plan(config, generator, layer, codes, feature_dim, precision):
+def _plan(config, generator, layer, codes, feature_dim, precision, copies):
     m = codes.shape[0]
     if config.max_memory is not None:
         budget = config.max_memory * GIB
@@ -237,7 +251,7 @@ def _plan(config, generator, layer, codes, feature_dim, precision):
             return None
         budget = free * FREE_SHARE
     per_code, fixed = graph_bytes(generator, layer, codes, precision)
-    held = 3 * m * feature_dim * 4  # features, their changes, their gradient
+    held = copies * m * feature_dim * 4  # features, changes, gradient
     if held + fixed + m * per_code * GRAPH_FACTOR <= budget:
         return None
     chunk = int((budget - held - fixed) // (per_code * GRAPH_FACTOR))

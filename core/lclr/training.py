@@ -262,7 +262,11 @@ def train_step(run: RunState) -> dict[str, float]:
     precision = functools.partial(speed.autocast, config, device)
     with torch.no_grad(), precision():
         base_raw = flat_features(g, codes, run.layer, config.chunk_size)
-    base = run.objective.transform_features(speed.upcast(base_raw))  # (N, F)
+    base_in = speed.upcast(base_raw)
+    base = run.objective.transform_features(base_in)  # (N, F)
+    # features the micro-batched pass holds: changes and gradient, plus the
+    # features themselves when the objective transforms them first
+    copies = 2 if base is base_in else 3
 
     # 3. All K edits in one call of the direction model.
     alpha = (
@@ -275,7 +279,9 @@ def train_step(run: RunState) -> dict[str, float]:
     # 4. One batched truncated forward on the K·N edited codes (micro-batched
     # when memory demands it), the changes contrasted, the backward pass.
     x = compose_codes(codes, edited, config.edit_layers, g.num_codes)
-    chunk = speed.plan_chunks(config, g, run.layer, x, base_raw.shape[1], precision)
+    chunk = speed.plan_chunks(
+        config, g, run.layer, x, base_raw.shape[1], precision, copies
+    )
     run.optimizer.zero_grad(set_to_none=True)
 
     def contrast(changes):  # (K, n, F)
