@@ -411,7 +411,9 @@ def main(argv=None) -> None:
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
-    if args.plan_memory:
+    if args.plan_memory is not None:
+        if not args.plan_memory > 0:
+            parser.error(f"--plan-memory must be > 0 GiB, got {args.plan_memory}")
         with tempfile.TemporaryDirectory() as tmp:
             plan_memory(args, weights_for(args.generator, Path(tmp), args.style_dim))
         return

@@ -261,7 +261,7 @@ def test_late_settings_take_over_at_their_step():
     "changes, message",
     [
         ({"late": {"mode_seeking": 0.2}}, "need late_from"),
-        ({"late_from": 2, "late": {"lr": 0.1}}, "lr are not allowed"),
+        ({"late_from": 2, "late": {"lr": 0.1}}, "'lr' are not allowed"),
         ({"late_from": 2, "late": {"r1_gamma": 0.0}}, "cannot switch R1"),
         ({"late_from": 2, "late": {"augment_p": 2.0}}, r"augment_p must be in"),
         ({"late_from": 0}, "late_from must be > 0"),
@@ -301,9 +301,109 @@ def test_command_line_late_settings_errors_are_one_line(tmp_path):
         (["--late", "mode_seeking"], "--late takes NAME=VALUE"),
         (["--late", "mode_seeking=a"], "--late takes NAME=VALUE"),
         (["--late", "mode_seeking=0.2"], "need late_from"),
-        (["--late-from", "5", "--late", "pl=1"], "pl are not allowed"),
+        (["--late-from", "5", "--late", "pl=1"], "'pl' are not allowed"),
     ]:
         result = CliRunner().invoke(train_gan, ["--out", str(tmp_path / "r"), *args])
         assert result.exit_code != 0
         assert message in str(result.exception) + result.output
         assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"late_from": 2, "late": {"mode_seeking": math.nan}},
+        {"late_from": 2, "late": {"mode_seeking": math.inf}},
+        {"late_from": 2, "late": {"mode_seeking": -5.0}},
+        {"late_from": 2, "late": {"class_loss": -1.0}},
+        {"mode_seeking": math.nan},
+        {"r1_gamma": -0.1},
+        {"class_loss": math.inf},
+    ],
+)
+def test_weights_that_would_wreck_training_are_refused_up_front(changes):
+    # found by review: NaN, infinite or negative weights were accepted and
+    # broke the run only when used, possibly hours in
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        tiny(**changes)
+
+
+@pytest.mark.parametrize("value", [-1.0, math.nan])
+def test_a_late_r1_gamma_cannot_switch_r1_on_from_zero(value):
+    with pytest.raises(ValueError):
+        tiny(r1_gamma=0.0, late_from=2, late={"r1_gamma": value})
+
+
+def test_late_from_without_late_settings_is_refused():
+    with pytest.raises(ValueError, match="at least one late setting"):
+        tiny(late_from=2)
+
+
+def _invoke(args):
+    from click.testing import CliRunner
+
+    from lclr_shapes.gan.cli import train_gan
+
+    return CliRunner().invoke(train_gan, ["--threads", "1", "-q", *args])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--late", "mode_seeking=0.1", "--late", "mode_seeking=0.3"], "given twice"),
+        (["--late", "=0.2"], "--late takes NAME=VALUE"),
+    ],
+)
+def test_malformed_late_flags_are_one_line(tmp_path, args, message):
+    out = tmp_path / "r"
+    result = _invoke(["--out", str(out), "--late-from", "5", *args])
+    assert result.exit_code != 0
+    assert message in str(result.exception)
+    assert not out.exists()
+
+
+def test_resume_refuses_settings_other_than_the_runs_own(tmp_path):
+    # found by review: --late, --r1-gamma, --seed ... given with --resume
+    # were dropped without a word
+    out = tmp_path / "r"
+    assert _invoke(["--out", str(out), "--steps", "1"]).exit_code == 0
+    before = (out / "config.json").read_text()
+    for args in (
+        ["--late-from", "1", "--late", "mode_seeking=0"],
+        ["--r1-gamma", "0.5"],
+        ["--seed", "3"],
+    ):
+        result = _invoke(["--out", str(out), "--steps", "2", "--resume", *args])
+        assert result.exit_code != 0
+        assert "a resumed run keeps its settings" in str(result.exception)
+    # the same values as the run's own are fine
+    result = _invoke(["--out", str(out), "--steps", "2", "--resume", "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").read_text() == before.replace(
+        '"steps": 1', '"steps": 2'
+    )
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from lclr_shapes.gan.train import Trainer, TrainingDiverged
+
+    step = Trainer.train_step
+
+    def breaks_at_three(self):
+        metrics = step(self)
+        if self.step == 3:
+            metrics["loss_d"] = math.nan
+        return metrics
+
+    monkeypatch.setattr(Trainer, "train_step", breaks_at_three)
+    with pytest.raises(TrainingDiverged, match="still holds step 2"):
+        train(tiny(steps=5, checkpoint_minutes=0.0), tmp_path)
+    assert load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_the_switch_is_logged_and_a_switch_never_reached_warned(tmp_path, caplog):
+    caplog.set_level("INFO", logger="lclr_shapes")
+    train(tiny(steps=3, late_from=2, late=LATE), tmp_path / "a")
+    assert "after step 2: late settings" in caplog.text
+    train(tiny(steps=3, late_from=3, late=LATE), tmp_path / "b")
+    assert "they are never used" in caplog.text

@@ -62,15 +62,42 @@ def _late_settings(pairs: tuple[str, ...]) -> dict[str, float]:
     late = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
+        name = name.strip()
         try:
-            if not sep:
+            if not sep or not name:
                 raise ValueError
-            late[name.strip()] = float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(
                 f"--late takes NAME=VALUE with a number, got '{pair}'"
             ) from None
+        if name in late:
+            raise ConfigError(f"--late {name} given twice; give each setting once")
+        late[name] = number
     return late
+
+
+def _same_as_saved(saved, given: dict, out: Path) -> None:
+    """Refuse settings given with --resume that differ from the run's own
+    (a resumed run keeps its config; only --steps and --minutes change)."""
+    from lclr.errors import ConfigError
+
+    flags = {
+        "arch": "--arch",
+        "seed": "--seed",
+        "batch": "--batch-size",
+        "r1_gamma": "--r1-gamma",
+        "pl_weight": "--pl-weight",
+        "biggan_width": "--biggan-width",
+        "late_from": "--late-from",
+        "late": "--late",
+    }
+    for key, value in given.items():
+        if value != getattr(saved, key):
+            raise ConfigError(
+                f"{out} holds a run with {key}={getattr(saved, key)}; a resumed "
+                f"run keeps its settings: drop {flags[key]} or choose another --out"
+            )
 
 
 @click.command("train-gan")
@@ -100,7 +127,7 @@ def _late_settings(pairs: tuple[str, ...]) -> dict[str, float]:
     default=None,
     help="Also stop after this much training wall time (optional).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--batch-size", type=int, default=None, help="[default: 32]")
 @click.option("--r1-gamma", type=float, default=None, help="R1 weight [0.1].")
 @click.option(
@@ -110,15 +137,15 @@ def _late_settings(pairs: tuple[str, ...]) -> dict[str, float]:
     "--late-from",
     type=click.IntRange(min=1),
     default=None,
-    help="Step from which the --late settings apply.",
+    help="Steps trained before the --late settings apply.",
 )
 @click.option(
     "--late",
     "late",
     multiple=True,
     metavar="NAME=VALUE",
-    help="A setting that changes at --late-from (repeatable): mode_seeking, "
-    "r1_gamma, augment_p or class_loss.",
+    help="A setting that changes after --late-from steps (repeatable): "
+    "mode_seeking, r1_gamma, augment_p or class_loss, a finite number >= 0.",
 )
 @click.option(
     "--biggan-width",
@@ -162,6 +189,7 @@ def train_gan(
     torch.set_num_threads(threads)
     given = {
         "arch": arch,
+        "seed": seed,
         "batch": batch_size,
         "r1_gamma": r1_gamma,
         "pl_weight": pl_weight,
@@ -170,20 +198,18 @@ def train_gan(
         "late": _late_settings(late) or None,
     }
     given = {k: v for k, v in given.items() if v is not None}
-    try:
-        config = GanConfig(minutes=minutes, steps=steps, seed=seed, **given)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
     if resume:
-        # one clear line when there is nothing to resume, or another arch
-        saved = GanConfig.from_json(load_checkpoint(out)["config"]).arch
-        if arch is not None and arch != saved:
-            raise ConfigError(
-                f"{out} holds a {saved} run; drop --arch or choose another --out"
-            )
-    else:
+        # one clear line when there is nothing to resume, or other settings
+        saved = GanConfig.from_json(load_checkpoint(out)["config"])
+        _same_as_saved(saved, given, out)
+        given = {}
+    try:
+        config = GanConfig(minutes=minutes, steps=steps, **given)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not resume:
         check_new_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     _log_to(out / LOG, quiet)

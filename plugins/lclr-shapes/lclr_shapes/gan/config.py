@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import attrs
 
@@ -10,6 +11,11 @@ import attrs
 def _positive(instance, attribute, value):
     if value is not None and value <= 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _weight(instance, attribute, value):
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value}")
 
 
 def _probability(instance, attribute, value):
@@ -30,9 +36,12 @@ def _late(value) -> dict[str, float]:
     unknown = sorted(set(late) - set(LATE_FIELDS))
     if unknown:
         raise ValueError(
-            f"late settings {', '.join(unknown)} are not allowed; "
+            f"late settings {', '.join(map(repr, unknown))} are not allowed; "
             f"choose from {', '.join(LATE_FIELDS)}"
         )
+    for name, v in late.items():
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"late {name} must be a finite number >= 0, got {v}")
     return late
 
 
@@ -86,21 +95,21 @@ class GanConfig:
     """Images per step, for D and for G alike."""
     lr: float = attrs.field(default=0.002, validator=_positive)
     """Adam learning rate of G and D (betas 0, 0.99)."""
-    r1_gamma: float = 0.1
+    r1_gamma: float = attrs.field(default=0.1, validator=_weight)
     """Weight of the R1 penalty on real images."""
     r1_interval: int = attrs.field(default=16, validator=_positive)
     """D steps between lazy R1 steps."""
-    pl_weight: float = 0.0
+    pl_weight: float = attrs.field(default=0.0, validator=_weight)
     """Weight of path-length regularisation; 0 turns it off."""
     pl_interval: int = attrs.field(default=4, validator=_positive)
     """G steps between lazy path-length steps."""
     mixing: float = attrs.field(default=0.9, validator=_probability)
     """Probability of style mixing for each generated sample."""
-    class_loss: float = 1.0
+    class_loss: float = attrs.field(default=1.0, validator=_weight)
     """Weight of the auxiliary classification loss (AC-GAN, Odena et al.,
     2017) of a conditional run: D's classifier learns the class of real
     images, G pays its cross-entropy on the asked class; 0 turns it off."""
-    mode_seeking: float = 1.0
+    mode_seeking: float = attrs.field(default=1.0, validator=_weight)
     """Weight of MSGAN's mode-seeking term (0 turns it off): G pays
     ``weight / ratio`` where ratio is the image distance of two samples of
     one class per unit of their z distance."""
@@ -143,8 +152,8 @@ class GanConfig:
     """Adam learning rate of a BigGAN-deep G (D keeps ``lr``)."""
 
     late_from: int | None = attrs.field(default=None, validator=_positive)
-    """Step from which the ``late`` settings replace the early ones
-    (``None``: one phase)."""
+    """Steps trained with the early settings; the ``late`` ones replace
+    them for every step after (``None``: one phase)."""
     late: dict[str, float] = attrs.field(factory=dict, converter=_late)
     """Settings (of :data:`LATE_FIELDS`) that take new values from step
     ``late_from`` on: strong diversity pressure while G finds its modes,
@@ -153,8 +162,10 @@ class GanConfig:
     def __attrs_post_init__(self):
         if self.late and self.late_from is None:
             raise ValueError("late settings need late_from, the step they start at")
-        if "r1_gamma" in self.late and (self.late["r1_gamma"] > 0) != (
-            self.r1_gamma > 0
+        if self.late_from is not None and not self.late:
+            raise ValueError("late_from needs at least one late setting")
+        if "r1_gamma" in self.late and bool(self.late["r1_gamma"]) != bool(
+            self.r1_gamma
         ):
             raise ValueError("a late r1_gamma cannot switch R1 on or off")
         if "augment_p" in self.late and not 0.0 <= self.late["augment_p"] <= 1.0:

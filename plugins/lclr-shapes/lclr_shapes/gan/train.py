@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lclr.errors import CheckpointError, RunFolderError
+from lclr.errors import CheckpointError, LclrError, RunFolderError
 from lclr.runfolder import save_state
 from lclr_shapes import render
 from lclr_shapes.gan.augment import augment
@@ -343,6 +343,10 @@ def load_checkpoint(folder: str | Path) -> dict:
     return state
 
 
+class TrainingDiverged(LclrError):
+    """The losses became NaN or infinite; the last checkpoint is kept."""
+
+
 def _drop_rows_after(path: Path, step: int) -> None:
     """Keep only the JSON lines of ``path`` whose ``step`` is <= ``step``."""
     if not path.is_file():
@@ -412,10 +416,19 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
         monitor.save_reals(out / "samples" / "reals.png", config)
     (out / "config.json").write_text(config.to_json() + "\n")
     probe = monitor.Probe(config)
+    late_from = config.late_from
+    if late_from is not None and config.steps is not None and late_from >= config.steps:
+        logger.warning(
+            "the late settings start after step %d, but the run stops at step %d: "
+            "they are never used",
+            late_from,
+            config.steps,
+        )
 
     started = time.monotonic()
     base = trainer.elapsed
     last_ckpt = last_sample = trainer.elapsed
+    saved_step = trainer.step if resume else None
     window_t, window_steps = time.monotonic(), 0
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -425,6 +438,8 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
         while not _done(trainer) and not stop.is_set():
             metrics = trainer.train_step()
             trainer.elapsed = base + time.monotonic() - started
+            if trainer.step == late_from:
+                logger.info("after step %d: late settings %s", late_from, config.late)
             window_steps += 1
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -458,8 +473,16 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
                     record.get("ms_ratio", float("nan")),
                 )
                 if not all(math.isfinite(record[k]) for k in ("loss_d", "loss_g")):
-                    trainer.save(out)
-                    raise FloatingPointError(f"loss diverged at step {trainer.step}")
+                    # the diverged state is not saved over the last good one
+                    kept = (
+                        f"{out / CHECKPOINT} still holds step {saved_step}"
+                        if saved_step is not None
+                        else "no checkpoint was written"
+                    )
+                    raise TrainingDiverged(
+                        f"the GAN's loss diverged by step {trainer.step}; {kept}; "
+                        "train a new run with a lower lr or smaller loss weights"
+                    )
                 sums, counts, window_t, window_steps = {}, {}, now, 0
 
             # Sample grid and collapse check.
@@ -471,6 +494,7 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
             if trainer.elapsed - last_ckpt >= config.checkpoint_minutes * 60:
                 last_ckpt = trainer.elapsed
                 trainer.save(out)
+                saved_step = trainer.step
                 logger.info("checkpoint at step %d", trainer.step)
 
     trainer.save(out)
