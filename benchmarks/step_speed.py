@@ -296,7 +296,7 @@ def plan_memory(args, weights) -> None:
     per_code, fixed = speed.graph_bytes(g, layer, codes)
     with torch.no_grad():
         sample = g.features(codes[:2], layer).flatten(1)
-        copies = 2 if objective.transform_features(sample) is sample else 3
+        copies = speed.held_copies(sample, objective.transform_features(sample))
     held = copies * m * f * 4
     whole = held + fixed + m * per_code * speed.GRAPH_FACTOR
     gib = speed.GIB

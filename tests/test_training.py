@@ -119,12 +119,13 @@ def test_one_step_runs_one_base_and_one_batched_edited_forward(tmp_path):
 
 
 def test_chunked_forward_matches_the_single_batch(tmp_path):
-    from lclr.training import build_components, flat_features
+    from lclr.speed import features_of
+    from lclr.training import build_components
 
     g, *_ = build_components(tiny_config())
     codes = torch.randn(10, g.latent_dim)
-    whole = flat_features(g, codes, "conv2")
-    chunked = flat_features(g, codes, "conv2", chunk_size=3)
+    whole = features_of(g, codes, "conv2")
+    chunked = features_of(g, codes, "conv2", chunk_size=3)
     assert torch.allclose(chunked, whole, atol=1e-6)
 
 

@@ -86,6 +86,11 @@ def _initialized() -> bool:
     return _dist().is_available() and _dist().is_initialized()
 
 
+def _alone() -> bool:
+    """True when no process group joins this process to others."""
+    return not _initialized() or _dist().get_world_size() == 1
+
+
 # The process group ---------------------------------------------------------
 
 
@@ -258,7 +263,7 @@ def resume_command(folder) -> str:
 
 def gather_samples(changes: torch.Tensor) -> torch.Tensor:
     """(K, n, F) on each rank → (K, P·n, F), in rank order, with gradient."""
-    if not _initialized() or _dist().get_world_size() == 1:
+    if _alone():
         return changes
     return _GatherSamples.apply(changes)
 
@@ -293,7 +298,7 @@ class _GatherSamples(torch.autograd.Function):
 
 def average_gradients(optimizer: torch.optim.Optimizer) -> None:
     """Replace each parameter's gradient by its mean over the ranks."""
-    if not _initialized() or _dist().get_world_size() == 1:
+    if _alone():
         return
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grads = [p.grad for p in params if p.grad is not None]
@@ -311,7 +316,7 @@ def average_gradients(optimizer: torch.optim.Optimizer) -> None:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any (a Ctrl-C, say)."""
-    if not _initialized() or _dist().get_world_size() == 1:
+    if _alone():
         return flag
     t = torch.tensor([int(flag)], device=_comm_device())
     with _collective("agree on stopping"):
@@ -321,7 +326,7 @@ def any_rank(flag: bool) -> bool:
 
 def gather_states(states: list[torch.Tensor]) -> list[torch.Tensor]:
     """Every rank's RNG states, in stream order (collective: all ranks call)."""
-    if not _initialized() or _dist().get_world_size() == 1:
+    if _alone():
         return list(states)
     mine = torch.stack(states).to(_comm_device())  # (G/P, L) uint8
     parts = [torch.empty_like(mine) for _ in range(_dist().get_world_size())]
@@ -332,7 +337,7 @@ def gather_states(states: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def broadcast_text(text: str | None) -> str:
     """Rank 0's ``text`` on every rank."""
-    if not _initialized() or _dist().get_world_size() == 1:
+    if _alone():
         return text
     device = _comm_device()
     data = (text or "").encode() if current().writer else b""

@@ -166,6 +166,14 @@ def forward_backward(
     return loss, metrics
 
 
+def held_copies(raw: torch.Tensor, transformed: torch.Tensor) -> int:
+    """``(K·N, F)`` tensors a micro-batched step holds, from what the
+    objective's ``transform_features`` made of ``raw`` features: the changes
+    and their gradient, plus the features when they were transformed (see
+    :func:`forward_backward`)."""
+    return 2 if transformed is raw else 3
+
+
 # Choosing the chunk size ------------------------------------------------------
 
 
@@ -223,9 +231,8 @@ def plan_chunks(config, generator, layer, codes, feature_dim, precision, copies=
 
     ``config.chunk_size`` wins; else the budget ``config.max_memory`` GiB
     (default: a share of what the device has free) must hold the features
-    the loss compares (``copies`` ``(K·N, F)`` float32 tensors: 2 when the
-    objective takes differences of the raw features, else 3, see
-    :func:`forward_backward`) and one chunk's graph.
+    the loss compares (``copies`` ``(K·N, F)`` float32 tensors, see
+    :func:`held_copies`) and one chunk's graph.
     """
     m = codes.shape[0]
     if config.chunk_size:

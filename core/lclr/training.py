@@ -131,14 +131,6 @@ def compose_codes(base, edited, edit_layers, num_codes):
     return plus.reshape(m * n, num_codes, d)  # (M·N, L, D)
 
 
-def flat_features(generator, codes, layer, chunk_size=None):
-    """Truncated forward, flattened to (M, F); chunked when asked."""
-    if not chunk_size or codes.shape[0] <= chunk_size:
-        return generator.features(codes, layer).flatten(1)
-    parts = [generator.features(c, layer).flatten(1) for c in codes.split(chunk_size)]
-    return torch.cat(parts)
-
-
 def make_optimizer(config: RunConfig, directions, objective):
     params = list(directions.parameters()) + list(objective.parameters())
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -261,12 +253,10 @@ def train_step(run: RunState) -> dict[str, float]:
     # 2. Base features, without gradient.
     precision = functools.partial(speed.autocast, config, device)
     with torch.no_grad(), precision():
-        base_raw = flat_features(g, codes, run.layer, config.chunk_size)
+        base_raw = speed.features_of(g, codes, run.layer, config.chunk_size)
     base_in = speed.upcast(base_raw)
     base = run.objective.transform_features(base_in)  # (N, F)
-    # features the micro-batched pass holds: changes and gradient, plus the
-    # features themselves when the objective transforms them first
-    copies = 2 if base is base_in else 3
+    copies = speed.held_copies(base_in, base)
 
     # 3. All K edits in one call of the direction model.
     alpha = (

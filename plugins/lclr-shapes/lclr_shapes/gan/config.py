@@ -13,9 +13,13 @@ def _positive(instance, attribute, value):
         raise ValueError(f"{attribute.name} must be > 0, got {value}")
 
 
-def _weight(instance, attribute, value):
+def _check_weight(name: str, value: float) -> None:
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value}")
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def _weight(instance, attribute, value):
+    _check_weight(attribute.name, value)
 
 
 def _probability(instance, attribute, value):
@@ -40,8 +44,7 @@ def _late(value) -> dict[str, float]:
             f"choose from {', '.join(LATE_FIELDS)}"
         )
     for name, v in late.items():
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"late {name} must be a finite number >= 0, got {v}")
+        _check_weight(f"late {name}", v)
     return late
 
 
@@ -182,7 +185,7 @@ class GanConfig:
     def at_step(self, step: int) -> GanConfig:
         """The settings in force at ``step`` (the late ones from
         ``late_from`` on)."""
-        if self.late_from is None or step < self.late_from or not self.late:
+        if self.late_from is None or step < self.late_from:
             return self
         return attrs.evolve(self, late_from=None, late={}, **self.late)
 

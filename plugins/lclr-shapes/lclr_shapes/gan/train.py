@@ -107,7 +107,8 @@ class Trainer:
         self.nimg = 0
         self.elapsed = 0.0
         self.pl_mean = torch.zeros(())
-        self._phase: tuple[int, GanConfig] | None = None
+        # the settings after late_from, made once (the same config if none)
+        self._late = config.at_step(config.late_from or 0)
 
     def _adam(
         self, net: nn.Module, interval: int, lr: float | None = None
@@ -163,9 +164,12 @@ class Trainer:
 
     def settings(self) -> GanConfig:
         """The config in force at the current step (early or late phase)."""
-        if self._phase is None or self._phase[0] != self.step:
-            self._phase = (self.step, self.config.at_step(self.step))
-        return self._phase[1]
+        late_from = self.config.late_from
+        return (
+            self._late
+            if late_from is not None and self.step >= late_from
+            else self.config
+        )
 
     def discriminate(self, img: torch.Tensor, c, with_class: bool = False):
         """D's ``(N,)`` logits for augmented ``img`` and, ``with_class`` in
