@@ -127,6 +127,46 @@ def test_a_dead_rank_stops_the_job_and_resume_finishes_it(
     assert max_difference(directions(copy), directions(one_process / "twelve")) <= 1e-6
 
 
+WATCH = """
+import sys, weakref
+import torch.distributed as dist
+from lclr import hookimpl
+from lclr.config import RunConfig
+from lclr.registry import get_registry
+from lclr.training import train
+
+refs = []
+
+class Watch:
+    @hookimpl
+    def lclr_run_start(self, run):
+        refs.append(weakref.ref(dist.group.WORLD))
+
+get_registry().pm.register(Watch(), name="watch")
+train(RunConfig.from_file(sys.argv[1]), sys.argv[2])
+print("process group:", "kept" if refs[0]() is not None else "freed")
+"""
+
+
+@needs_gloo
+def test_the_process_group_is_freed_when_training_ends(tmp_path):
+    # A group that outlives its session keeps gloo's worker threads running
+    # into interpreter shutdown, where one of them may abort the process
+    # (seen as a resumed job's rank 1 dying with SIGABRT after finishing).
+    (tmp_path / "watch.py").write_text(WATCH)
+    (tmp_path / "config.json").write_text(CONFIG.evolve(iterations=2).to_json())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--standalone", "watch.py", "config.json", "run"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", distributed.TIMEOUT_ENV: "180"}
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    result = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("process group: freed") == 2, result.stdout
+
+
 @needs_gloo
 def test_a_two_process_checkpoint_resumes_in_one_process(
     killed_job, one_process, tmp_path, caplog

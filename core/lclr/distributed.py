@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import re
@@ -124,6 +125,11 @@ def session(device: str) -> Iterator[World]:
                 f"({gpus} found); pass --nproc-per-node {gpus} or fewer"
             )
         torch.cuda.set_device(world.local_rank)
+    # torch._dynamo, imported lazily by the first optimizer, keeps references
+    # to a process group that exists when it loads, so destroying the group
+    # would not free it: its worker threads would then outlive the
+    # interpreter and abort the process at exit. Loaded first, it keeps none.
+    importlib.import_module("torch._dynamo")
     try:
         _dist().init_process_group(backend, timeout=timedelta(seconds=_timeout()))
     except ValueError as exc:
