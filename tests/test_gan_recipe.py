@@ -11,7 +11,7 @@ import torch
 from lclr.errors import RunFolderError
 from lclr_shapes.gan.augment import augment
 from lclr_shapes.gan.config import GanConfig
-from lclr_shapes.gan.networks import Discriminator
+from lclr_shapes.gan.networks import Discriminator, halve
 from lclr_shapes.gan.train import (
     CHECKPOINT,
     load_checkpoint,
@@ -39,6 +39,21 @@ def tiny(**changes) -> GanConfig:
     )
     settings.update(changes)
     return GanConfig(**settings)
+
+
+def test_halving_is_average_pooling_to_the_bit_forward_and_backward():
+    # The discriminator's downsampling; the shipped generators were trained
+    # with F.avg_pool2d, and the recipe must still reproduce them exactly.
+    for shape in [(3, 5, 8, 8), (32, 64, 16, 16), (2, 1, 4, 6)]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        a = x.clone().requires_grad_(True)
+        b = x.clone().requires_grad_(True)
+        grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+        ya, yb = halve(a), torch.nn.functional.avg_pool2d(b, 2)
+        assert torch.equal(ya, yb)
+        ya.backward(grad)
+        yb.backward(grad)
+        assert torch.equal(a.grad, b.grad)
 
 
 def test_discriminator_is_conditional_and_shaped():
