@@ -276,7 +276,7 @@ def test_late_settings_take_over_at_their_step():
     "changes, message",
     [
         ({"late": {"mode_seeking": 0.2}}, "need late_from"),
-        ({"late_from": 2, "late": {"lr": 0.1}}, "'lr' are not allowed"),
+        ({"late_from": 2, "late": {"lr": 0.1}}, "late setting 'lr' is not allowed"),
         ({"late_from": 2, "late": {"r1_gamma": 0.0}}, "cannot switch R1"),
         ({"late_from": 2, "late": {"augment_p": 2.0}}, r"augment_p must be in"),
         ({"late_from": 0}, "late_from must be > 0"),
@@ -316,7 +316,7 @@ def test_command_line_late_settings_errors_are_one_line(tmp_path):
         (["--late", "mode_seeking"], "--late takes NAME=VALUE"),
         (["--late", "mode_seeking=a"], "--late takes NAME=VALUE"),
         (["--late", "mode_seeking=0.2"], "need late_from"),
-        (["--late-from", "5", "--late", "pl=1"], "'pl' are not allowed"),
+        (["--late-from", "5", "--late", "pl=1"], "late setting 'pl' is not allowed"),
     ]:
         result = CliRunner().invoke(train_gan, ["--out", str(tmp_path / "r"), *args])
         assert result.exit_code != 0

@@ -1,5 +1,7 @@
 """The heavy half of a step: micro-batches, memory budget, device settings."""
 
+import re
+
 import pytest
 import torch
 from conftest import CountFeatures, tiny_config
@@ -126,8 +128,18 @@ def test_the_graph_probe_grows_with_the_layer(tmp_path):
 def test_a_budget_too_small_for_the_features_is_one_clear_error(tmp_path):
     config = tiny_config(generator="stylegan2", layer="convs.2", max_memory=1e-6)
     run = new_run(config, tmp_path)
-    with pytest.raises(ConfigError, match="lower -k or --batch-size.*--max-memory"):
+    with pytest.raises(
+        ConfigError, match="lower -k or --batch-size.*--max-memory"
+    ) as e:
         train_step(run)
+    # tiny sizes in MiB, never "0.0 GiB"
+    assert re.search(r"at least \d+\.\d MiB .* 0\.1 MiB available", str(e.value))
+
+
+def test_sizes_read_in_the_unit_that_shows_them():
+    assert speed.size_text(3 * speed.GIB) == "3.0 GiB"
+    assert speed.size_text(300 * 2**20) == "300.0 MiB"
+    assert speed.size_text(10) == "0.1 MiB"
 
 
 def test_autocast_is_off_on_cpu_unless_asked(tmp_path):

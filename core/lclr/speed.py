@@ -248,6 +248,13 @@ def plan_chunks(config, generator, layer, codes, feature_dim, precision, copies=
     return cache[key]
 
 
+def size_text(nbytes: float) -> str:
+    """``nbytes`` for a message: GiB from 1 GiB on, else MiB (at least 0.1)."""
+    if nbytes >= GIB:
+        return f"{nbytes / GIB:.1f} GiB"
+    return f"{max(nbytes / 2**20, 0.1):.1f} MiB"
+
+
 def _plan(config, generator, layer, codes, feature_dim, precision, copies):
     m = codes.shape[0]
     if config.max_memory is not None:
@@ -263,11 +270,11 @@ def _plan(config, generator, layer, codes, feature_dim, precision, copies):
         return None
     chunk = int((budget - held - fixed) // (per_code * GRAPH_FACTOR))
     if chunk < 1:
-        need = (held + fixed + per_code * GRAPH_FACTOR) / GIB
+        need = held + fixed + per_code * GRAPH_FACTOR
         message = (
-            f"one step needs at least {need:.1f} GiB at layer {layer} "
+            f"one step needs at least {size_text(need)} at layer {layer} "
             f"(K·N = {m} feature changes of size {feature_dim}); "
-            f"{budget / GIB:.1f} GiB available: lower -k or --batch-size, "
+            f"{size_text(budget)} available: lower -k or --batch-size, "
             "or pick an earlier layer"
         )
         if config.max_memory is not None:

@@ -39,9 +39,10 @@ def _late(value) -> dict[str, float]:
     late = {str(k): float(v) for k, v in dict(value or {}).items()}
     unknown = sorted(set(late) - set(LATE_FIELDS))
     if unknown:
+        names = ", ".join(map(repr, unknown))
+        these = f"settings {names} are" if len(unknown) > 1 else f"setting {names} is"
         raise ValueError(
-            f"late settings {', '.join(map(repr, unknown))} are not allowed; "
-            f"choose from {', '.join(LATE_FIELDS)}"
+            f"late {these} not allowed; choose from {', '.join(LATE_FIELDS)}"
         )
     for name, v in late.items():
         _check_weight(f"late {name}", v)
