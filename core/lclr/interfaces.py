@@ -14,6 +14,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from lclr.errors import UnknownComponentError
+
+
+def layer_index(layers: Sequence[str], layer: str, owner: str) -> int:
+    """Forward-order index of ``layer`` among ``owner``'s ``layers``, or one
+    clear error that lists them."""
+    names = list(layers)
+    if layer not in names:
+        raise UnknownComponentError(
+            f"unknown layer '{layer}'; {owner} has: {', '.join(names)}"
+        )
+    return names.index(layer)
+
 
 def random_stream(
     seed: int | None = None, generator: torch.Generator | None = None

@@ -29,8 +29,8 @@ from lclr.errors import (
     ConfigError,
     LclrError,
     ProcessGroupError,
-    UnknownComponentError,
 )
+from lclr.interfaces import layer_index
 from lclr.registry import get_registry, options_dict
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,7 @@ def build_components(config: RunConfig, device: str | None = None):
     generator = generator.to(device).eval().requires_grad_(False)
     generator = speed.prepare_generator(generator, config)
     layer = config.layer or generator.default_layer()
-    if layer not in generator.layers():
-        raise UnknownComponentError(
-            f"unknown layer '{layer}'; {config.generator} has: "
-            f"{', '.join(generator.layers())}"
-        )
+    layer_index(generator.layers(), layer, config.generator)
     check_edit_layers(config, generator)
 
     # Directions start from the run's seed, without touching global RNG state.

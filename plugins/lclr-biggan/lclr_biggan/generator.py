@@ -20,8 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lclr.errors import CheckpointError, UnknownComponentError
-from lclr.interfaces import Generator, random_stream
+from lclr.errors import CheckpointError
+from lclr.interfaces import Generator, layer_index, random_stream
 
 from .classes import IMAGENET_CLASSES, class_name, resolve_class
 from .loading import (
@@ -103,12 +103,7 @@ class BigGANGenerator(Generator):
         return list(self._names)
 
     def _index(self, layer: str) -> int:
-        try:
-            return self._names.index(layer)
-        except ValueError:
-            raise UnknownComponentError(
-                f"unknown layer {layer!r}; biggan has: {', '.join(self._names)}"
-            ) from None
+        return layer_index(self._names, layer, "biggan")
 
     def layer_shape(self, layer: str) -> tuple[int, ...]:
         """``(C, H, W)`` of a block's output."""

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lclr.errors import CheckpointError, ConfigError, UnknownComponentError, choices
-from lclr.interfaces import Generator, random_stream
+from lclr.errors import CheckpointError, ConfigError, choices
+from lclr.interfaces import Generator, layer_index, random_stream
 
 from .loading import EMBEDDED_WEIGHTS, architecture, load_checkpoint
 from .model import StyleGAN2, truncate
@@ -124,13 +124,7 @@ class StyleGAN2Generator(Generator):
         return list(self._names)
 
     def _index(self, layer: str) -> int:
-        """Forward-order index of ``layer``, or UnknownComponentError."""
-        try:
-            return self._names.index(layer)
-        except ValueError:
-            raise UnknownComponentError(
-                f"unknown layer {layer!r}; stylegan2 has: {', '.join(self._names)}"
-            ) from None
+        return layer_index(self._names, layer, "stylegan2")
 
     def layer_shape(self, layer: str) -> tuple[int, ...]:
         """``(C, H, W)`` of a styled conv output."""
