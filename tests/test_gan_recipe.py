@@ -110,6 +110,37 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
             assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"batch": 16, "r1_gamma": 0.02, "seed": 3, "steps": 16000},
+        {"late_from": 5, "late": {"mode_seeking": 0.2, "augment_p": 0.0}},
+        {"arch": "biggan", "biggan_width": 8, "minutes": 1.5},
+        {"pl_weight": 2.0, "r1_gamma": 1e-05},
+    ],
+)
+def test_the_recorded_recipe_trains_the_same_config(changes):
+    # The provenance of an exported generator names every option it was
+    # trained with (a run of --batch-size 16 once recorded none).
+    import shlex
+
+    from lclr_shapes.gan.cli import config_fields, train_gan
+    from lclr_shapes.gan.export import _recipe
+
+    config = GanConfig(**changes)
+    args = shlex.split(_recipe(config))
+    assert args[:3] == ["python", "-m", "lclr_shapes.gan.train"]
+    params = train_gan.make_context("train-gan", args[3:]).params
+    fields = {k: params[k] for k in params if k not in ("out", "minutes", "steps")}
+    for unused in ("threads", "resume", "quiet"):
+        del fields[unused]
+    parsed = GanConfig(
+        minutes=params["minutes"], steps=params["steps"], **config_fields(**fields)
+    )
+    assert parsed == config
+
+
 def test_export_is_a_loadable_stylegan2(tmp_path):
     from lclr_shapes.gan.export import export
     from lclr_stylegan2.loading import load_checkpoint as load_weights

@@ -100,6 +100,23 @@ def _same_as_saved(saved, given: dict, out: Path) -> None:
             )
 
 
+def config_fields(
+    *, arch, seed, batch_size, r1_gamma, pl_weight, biggan_width, late_from, late
+) -> dict:
+    """The GanConfig fields that train-gan's options set (those given)."""
+    given = {
+        "arch": arch,
+        "seed": seed,
+        "batch": batch_size,
+        "r1_gamma": r1_gamma,
+        "pl_weight": pl_weight,
+        "biggan_width": biggan_width,
+        "late_from": late_from,
+        "late": _late_settings(late) or None,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 @click.command("train-gan")
 @click.option(
     "--out",
@@ -187,17 +204,11 @@ def train_gan(
     from lclr_shapes.gan.train import train
 
     torch.set_num_threads(threads)
-    given = {
-        "arch": arch,
-        "seed": seed,
-        "batch": batch_size,
-        "r1_gamma": r1_gamma,
-        "pl_weight": pl_weight,
-        "biggan_width": biggan_width,
-        "late_from": late_from,
-        "late": _late_settings(late) or None,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
+    given = config_fields(
+        arch=arch, seed=seed, batch_size=batch_size, r1_gamma=r1_gamma,
+        pl_weight=pl_weight, biggan_width=biggan_width, late_from=late_from,
+        late=late,
+    )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
     if resume:

@@ -35,12 +35,24 @@ LATENT_AVG_SAMPLES = 10_000
 
 
 def _recipe(config: GanConfig) -> str:
-    """The training command with the options this run differs by."""
+    """The training command with every option this run differs by."""
+    default = GanConfig(arch=config.arch)
     parts = [RECIPE, f"--seed {config.seed}"]
     if config.arch != "stylegan2":
         parts.append(f"--arch {config.arch}")
-        if config.biggan_width != GanConfig().biggan_width:
-            parts.append(f"--biggan-width {config.biggan_width}")
+    flags = {
+        "batch": "--batch-size",
+        "r1_gamma": "--r1-gamma",
+        "pl_weight": "--pl-weight",
+        "biggan_width": "--biggan-width",
+        "late_from": "--late-from",
+    }
+    for field, flag in flags.items():
+        value = getattr(config, field)
+        if value != getattr(default, field):
+            parts.append(f"{flag} {value!r}")
+    for name, value in sorted(config.late.items()):
+        parts.append(f"--late {name}={value!r}")
     if config.minutes is not None:
         parts.append(f"--minutes {config.minutes:g}")
     if config.steps is not None:
