@@ -81,22 +81,13 @@ def _same_as_saved(saved, given: dict, out: Path) -> None:
     """Refuse settings given with --resume that differ from the run's own
     (a resumed run keeps its config; only --steps and --minutes change)."""
     from lclr.errors import ConfigError
+    from lclr_shapes.gan.config import FLAGS
 
-    flags = {
-        "arch": "--arch",
-        "seed": "--seed",
-        "batch": "--batch-size",
-        "r1_gamma": "--r1-gamma",
-        "pl_weight": "--pl-weight",
-        "biggan_width": "--biggan-width",
-        "late_from": "--late-from",
-        "late": "--late",
-    }
     for key, value in given.items():
         if value != getattr(saved, key):
             raise ConfigError(
                 f"{out} holds a run with {key}={getattr(saved, key)}; a resumed "
-                f"run keeps its settings: drop {flags[key]} or choose another --out"
+                f"run keeps its settings: drop {FLAGS[key]} or choose another --out"
             )
 
 

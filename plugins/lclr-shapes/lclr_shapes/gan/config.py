@@ -34,6 +34,18 @@ def _int_keys(value) -> dict[int, int]:
 LATE_FIELDS = ("mode_seeking", "r1_gamma", "augment_p", "class_loss")
 """Settings a run may change at ``late_from`` (see :attr:`GanConfig.late`)."""
 
+FLAGS = {
+    "arch": "--arch",
+    "seed": "--seed",
+    "batch": "--batch-size",
+    "r1_gamma": "--r1-gamma",
+    "pl_weight": "--pl-weight",
+    "biggan_width": "--biggan-width",
+    "late_from": "--late-from",
+    "late": "--late",
+}
+"""The fields the training command's options set, and those options."""
+
 
 def _late(value) -> dict[str, float]:
     late = {str(k): float(v) for k, v in dict(value or {}).items()}

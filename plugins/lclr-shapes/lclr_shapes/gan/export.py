@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lclr_shapes import render
-from lclr_shapes.gan.config import GanConfig
+from lclr_shapes.gan.config import FLAGS, GanConfig
 from lclr_shapes.gan.train import build_generator, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -36,23 +36,16 @@ LATENT_AVG_SAMPLES = 10_000
 
 def _recipe(config: GanConfig) -> str:
     """The training command with every option this run differs by."""
-    default = GanConfig(arch=config.arch)
+    default = GanConfig()
     parts = [RECIPE, f"--seed {config.seed}"]
-    if config.arch != "stylegan2":
-        parts.append(f"--arch {config.arch}")
-    flags = {
-        "batch": "--batch-size",
-        "r1_gamma": "--r1-gamma",
-        "pl_weight": "--pl-weight",
-        "biggan_width": "--biggan-width",
-        "late_from": "--late-from",
-    }
-    for field, flag in flags.items():
+    for field, flag in FLAGS.items():
         value = getattr(config, field)
-        if value != getattr(default, field):
-            parts.append(f"{flag} {value!r}")
-    for name, value in sorted(config.late.items()):
-        parts.append(f"--late {name}={value!r}")
+        if field == "seed" or value == getattr(default, field):
+            continue
+        if field == "late":
+            parts += [f"{flag} {name}={v!r}" for name, v in sorted(value.items())]
+        else:
+            parts.append(f"{flag} {value if isinstance(value, str) else repr(value)}")
     if config.minutes is not None:
         parts.append(f"--minutes {config.minutes:g}")
     if config.steps is not None:
