@@ -110,6 +110,8 @@ def test_recorded_quality_is_what_the_quality_command_measures():
     assert report["good"]["share"] == pytest.approx(recorded["good_share"], abs=0.01)
     for name, share in report["classes"]["shares"].items():
         assert share == pytest.approx(recorded["class_shares"][name], abs=0.01)
+    for name, share in report["good"]["by_class"].items():
+        assert share == pytest.approx(recorded["good_share_by_class"][name], abs=0.01)
     assert report["frechet"]["samples"] == pytest.approx(
         recorded["frechet"]["samples"], rel=0.05
     )

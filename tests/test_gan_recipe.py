@@ -114,7 +114,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     "changes",
     [
         {},
-        {"batch": 16, "r1_gamma": 0.02, "seed": 3, "steps": 16000},
+        {"batch": 32, "r1_gamma": 0.02, "seed": 3, "steps": 11000},
         {"late_from": 5, "late": {"mode_seeking": 0.2, "augment_p": 0.0}},
         {"arch": "biggan", "biggan_width": 8, "minutes": 1.5},
         {"pl_weight": 2.0, "r1_gamma": 1e-05},
@@ -139,6 +139,59 @@ def test_the_recorded_recipe_trains_the_same_config(changes):
         minutes=params["minutes"], steps=params["steps"], **config_fields(**fields)
     )
     assert parsed == config
+
+
+@pytest.mark.parametrize("plugin", ["lclr_stylegan2", "lclr_biggan"])
+def test_each_shipped_generator_records_the_recipe_export_writes(plugin):
+    # The recorded command must train the shipped config with today's
+    # defaults; the defaults are the embedded StyleGAN2's own recipe.
+    from importlib.resources import files
+
+    from lclr_shapes.gan.export import RECIPE, _recipe
+
+    facts = json.loads((files(plugin) / "weights" / "shapes32.json").read_text())
+    config = GanConfig(**facts["config"])
+    assert facts["recipe"] == _recipe(config)
+    if plugin == "lclr_stylegan2":
+        assert config == GanConfig()
+        assert facts["recipe"] == f"{RECIPE} --seed 0 --steps {config.steps}"
+
+
+def ctrl_c_after(monkeypatch, step: int, most: int | None = None) -> None:
+    """Make the trainer get a Ctrl-C once it finishes ``step``, and fail
+    a step past ``most``."""
+    import os
+    import signal
+
+    from lclr_shapes.gan.train import Trainer
+
+    torch.set_num_threads(1)
+    real_step = Trainer.train_step
+
+    def step_then_ctrl_c(self):
+        metrics = real_step(self)
+        if self.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert most is None or self.step <= most, f"trained past step {most}"
+        return metrics
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+
+
+def test_resume_continues_to_the_runs_own_total(tmp_path, monkeypatch):
+    # Found in use: the printed resume command (no --steps) trained to the
+    # command's default total, not to the --steps the run was started with;
+    # a --minutes limit was dropped the same way.
+    ctrl_c_after(monkeypatch, 1, most=3)
+    out = tmp_path / "r"
+    result = _invoke(["--out", str(out), "--steps", "3", "--minutes", "500"])
+    assert result.exit_code != 0 and "--resume" in str(result.exception)
+    assert load_checkpoint(out)["step"] == 1
+    result = _invoke(["--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    saved = GanConfig.from_json(load_checkpoint(out)["config"])
+    assert load_checkpoint(out)["step"] == 3
+    assert (saved.steps, saved.minutes) == (3, 500)
 
 
 def test_export_is_a_loadable_stylegan2(tmp_path):
@@ -244,26 +297,13 @@ def test_ctrl_c_saves_the_finished_step_and_resume_continues(tmp_path, monkeypat
     # Found in review: Ctrl-C lost everything since the last 5-minute
     # checkpoint. Now the step in flight finishes, is saved, and resume
     # reaches the same state as a run never stopped.
-    import os
-    import signal
-
     from lclr.training import RunInterrupted
-    from lclr_shapes.gan.train import Trainer
 
-    torch.set_num_threads(1)
-    real_step = Trainer.train_step
-
-    def step_then_ctrl_c(self):
-        metrics = real_step(self)
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return metrics
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    ctrl_c_after(monkeypatch, 2)
     with pytest.raises(RunInterrupted, match="--resume"):
         train(tiny(steps=5), tmp_path / "split")
     assert load_checkpoint(tmp_path / "split")["step"] == 2
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    monkeypatch.undo()
     resumed = train(tiny(steps=5), tmp_path / "split", resume=True)
     whole = train(tiny(steps=5), tmp_path / "whole")
     for key, value in whole.G_ema.state_dict().items():

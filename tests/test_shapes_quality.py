@@ -14,10 +14,12 @@ from lclr_shapes.plugin import shapes
 from lclr_shapes.predictor import load_predictor
 from lclr_shapes.quality import (
     ERROR_BOUND,
+    GRID_COLUMNS,
     frechet_distance,
     measure_quality,
     rerender_error,
     sample_source,
+    write_error_grid,
 )
 from lclr_shapes.render import render
 
@@ -96,6 +98,53 @@ def test_real_passes_noise_and_blends_fail():
         assert not report["pass"]
 
 
+def test_good_share_by_shape_points_at_the_shape_that_fails():
+    # Noise is read as "arrow" (confidently) and is never good: mixed with
+    # real renders, only the arrows' good share drops, by the noise's weight.
+    torch.set_num_threads(1)
+    predictor = load_predictor()
+    real, _ = sample_source("real", 200, seed=3)
+    noise, _ = sample_source("noise", 200, seed=3)
+    report = measure_quality(torch.cat([real, noise]), predictor, refine_steps=20)
+    by_class = report["good"]["by_class"]
+    read = predictor.predict(torch.cat([real, noise]))["shape"]
+    arrows = int((read == 0).sum())
+    real_arrows = int((predictor.predict(real)["shape"] == 0).sum())
+    assert by_class["arrow"] == pytest.approx(real_arrows / arrows, abs=0.02)
+    assert by_class["arrow"] < 0.3
+    for name in ("ell", "heart", "crescent"):
+        assert by_class[name] > 0.95, name
+
+
+def test_error_grid_orders_each_shape_by_error(tmp_path):
+    import numpy
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 3, 8, 8, generator=gen)
+    renders = torch.zeros(5, 3, 8, 8)
+    errors = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7])
+    shapes_read = torch.tensor([0, 0, 0, 0, 2])
+    path = write_error_grid(
+        tmp_path / "g.png", images, renders, errors, shapes_read, cols=6, zoom=1
+    )
+    with Image.open(path) as image:
+        pixels = torch.from_numpy(numpy.array(image)).float()  # (H, W, 3)
+    # 4 shapes x (samples, re-renders) rows of 8 px, 6 columns, 1 px gaps
+    assert pixels.shape[:2] == (8 * 9 + 1, 6 * 9 + 1)
+
+    def cell(row, col):
+        top, left = 1 + row * 9, 1 + col * 9
+        return pixels[top : top + 8, left : left + 8].permute(2, 0, 1) / 255
+
+    for col, i in enumerate([1, 3, 0, 2]):  # shape 0, lowest error first
+        assert torch.allclose(cell(0, col), images[i], atol=1 / 255)
+        assert torch.allclose(cell(1, col), renders[i])
+    assert torch.all(cell(0, 4) == 1)  # padding is white
+    assert torch.allclose(cell(4, 0), images[4], atol=1 / 255)  # shape 2's row
+    assert torch.all(cell(2, 0) == 1)  # no sample read as shape 1
+
+
 def test_preview_command(tmp_path):
     out = tmp_path / "grid.png"
     result = CliRunner().invoke(
@@ -117,6 +166,19 @@ def test_quality_command_writes_json(tmp_path):
     assert "overall" in result.output
     report = json.loads(out.read_text())
     assert report["source"] == "real" and report["n"] == 100
+
+
+def test_quality_command_writes_the_error_grid(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "sub" / "grid.png"
+    result = CliRunner().invoke(
+        shapes, ["quality", "--source", "real", "-n", "100", "--grid", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"grid          {out}" in result.output and "by shape" in result.output
+    with Image.open(out) as image:  # 12 columns, 4 shapes x 2 rows, zoom 3
+        assert image.size == (3 * (GRID_COLUMNS * 33 + 1), 3 * (8 * 33 + 1))
 
 
 def test_quality_command_exits_1_when_the_source_fails(tmp_path):

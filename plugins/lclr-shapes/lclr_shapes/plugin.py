@@ -99,7 +99,15 @@ def train_predictor(out, steps, batch_size, seed, threads, force):
     default=None,
     help="Also write the full report here.",
 )
-def quality(weights, n, seed, source, truncation, predictor, json_path):
+@click.option(
+    "--grid",
+    "grid_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a PNG of samples above their re-renders, by shape, "
+    "from the lowest error to the highest.",
+)
+def quality(weights, n, seed, source, truncation, predictor, json_path, grid_path):
     """Measure a generator against the shapes world's quality bar.
 
     Exits with status 1 when the source fails the bar.
@@ -118,6 +126,7 @@ def quality(weights, n, seed, source, truncation, predictor, json_path):
         seed=seed,
         predictor_weights=predictor,
         truncation=truncation,
+        grid=grid_path,
     )
     for line in summary_lines(report):
         click.echo(line)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,8 +48,10 @@ __all__ = [
     "measure_quality",
     "provenance_summary",
     "quality_of_source",
+    "rerender",
     "rerender_error",
     "sample_source",
+    "write_error_grid",
 ]
 
 ERROR_BOUND = 0.35
@@ -59,6 +62,8 @@ GOOD_SHARE = 0.7
 """Smallest share of good samples that passes."""
 REFINE_STEPS = 40
 """Gradient steps that refine the predicted factors before re-rendering."""
+GRID_COLUMNS = 12
+"""Samples per shape in the grid of :func:`write_error_grid`."""
 
 SOURCES = ("stylegan2", "biggan", "real", "noise", "blend")
 GENERATORS = ("stylegan2", "biggan")
@@ -124,6 +129,26 @@ def refine_factors(
         return _clean({"shape": factors["shape"], **params})
 
 
+def rerender(
+    images: Tensor,
+    predicted: dict[str, Tensor],
+    refine_steps: int = REFINE_STEPS,
+    batch_size: int = 250,
+) -> tuple[Tensor, Tensor]:
+    """Clean re-renders of ``images`` from the ``predicted`` factors (refined)
+    and their ``(N,)`` relative errors: ``(errors, renders)``."""
+    errors, renders = [], []
+    for start in range(0, images.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        x = images[part].float()
+        f = {k: predicted[k][part] for k in ["shape"] + [s.name for s in _CONTINUOUS]}
+        f = refine_factors(x, f, refine_steps)
+        with torch.no_grad():
+            renders.append(render(f, x.shape[-1]))
+            errors.append(_relative_error(x, renders[-1]))
+    return torch.cat(errors), torch.cat(renders)
+
+
 def rerender_error(
     images: Tensor,
     predicted: dict[str, Tensor],
@@ -131,15 +156,37 @@ def rerender_error(
     batch_size: int = 250,
 ) -> Tensor:
     """``(N,)`` relative errors of clean re-renders from ``predicted``."""
-    errors = []
-    for start in range(0, images.shape[0], batch_size):
-        part = slice(start, start + batch_size)
-        x = images[part].float()
-        f = {k: predicted[k][part] for k in ["shape"] + [s.name for s in _CONTINUOUS]}
-        f = refine_factors(x, f, refine_steps)
-        with torch.no_grad():
-            errors.append(_relative_error(x, render(f, x.shape[-1])))
-    return torch.cat(errors)
+    return rerender(images, predicted, refine_steps, batch_size)[0]
+
+
+def write_error_grid(
+    path: Path,
+    images: Tensor,
+    renders: Tensor,
+    errors: Tensor,
+    shapes: Tensor,
+    cols: int = GRID_COLUMNS,
+    zoom: int = 3,
+) -> Path:
+    """A PNG of samples above their re-renders: for each predicted shape a
+    pair of rows, ``cols`` of its samples from the lowest re-render error
+    (left) to the highest (right), at evenly spaced ranks."""
+    from lclr_shapes.preview import grid_image
+
+    rows = []
+    for s in range(len(SHAPES)):
+        index = torch.nonzero(shapes == s).flatten()
+        index = index[errors[index].argsort()]
+        if len(index) > cols:
+            index = index[torch.linspace(0, len(index) - 1, cols).round().long()]
+        blank = torch.ones(cols - len(index), *images.shape[1:])
+        rows += [torch.cat([images[index], blank]), torch.cat([renders[index], blank])]
+    image = grid_image(torch.cat(rows).clamp(0, 1), cols)
+    image = image.resize((image.width * zoom, image.height * zoom), resample=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
 
 
 # Fréchet distance ------------------------------------------------------------
@@ -305,13 +352,16 @@ def measure_quality(
     seed: int = 0,
     asked: Tensor | None = None,
     refine_steps: int = REFINE_STEPS,
+    grid: Path | None = None,
 ) -> dict[str, Any]:
     """Score ``(N, 3, H, W)`` samples in ``[0, 1]`` against the bar.
 
     ``predictor`` is a :class:`~lclr_shapes.predictor.FactorPredictor`;
     ``seed`` draws the real renders the Fréchet distances compare with;
     ``asked`` (optional, ``(N,)``) the class a conditional generator was
-    asked for, to report how often it drew that class.
+    asked for, to report how often it drew that class; ``grid`` (optional)
+    a PNG to write samples and their re-renders into
+    (:func:`write_error_grid`).
     """
     n = images.shape[0]
     classes = len(SHAPES)
@@ -319,11 +369,18 @@ def measure_quality(
 
     # 1. good samples: confident and re-rendered closely
     confidence = pred["probs"].max(dim=1).values
-    error = rerender_error(images, pred, refine_steps)
+    error, renders = rerender(images, pred, refine_steps)
     confident = confidence >= CONFIDENCE
     close = error <= ERROR_BOUND
     good = confident & close
     share = float(good.double().mean())
+    # which shapes fail: the good share among the samples read as each
+    by_class = {}
+    for s, name in enumerate(SHAPES):
+        of_shape = pred["shape"] == s
+        by_class[name] = (
+            float(good[of_shape].double().mean()) if of_shape.any() else 0.0
+        )
 
     # 2. class histogram of all samples
     counts = torch.bincount(pred["shape"], minlength=classes).double()
@@ -358,6 +415,7 @@ def measure_quality(
             "confident_share": float(confident.double().mean()),
             "rerender_share": float(close.double().mean()),
             "median_error": float(error.median()),
+            "by_class": by_class,
             "error_bound": ERROR_BOUND,
             "min_confidence": CONFIDENCE,
             "refine_steps": refine_steps,
@@ -375,6 +433,10 @@ def measure_quality(
     if asked is not None:
         hit = (pred["shape"] == asked.to(pred["shape"].device)).double().mean()
         report["conditioning_accuracy"] = float(hit)
+    if grid is not None:
+        report["grid"] = str(
+            write_error_grid(grid, images, renders, error, pred["shape"])
+        )
     parts = ("good", "classes", "coverage", "frechet")
     report["pass"] = all(report[p]["pass"] for p in parts)
     return report
@@ -389,14 +451,21 @@ def quality_of_source(
     predictor_weights: str | None = None,
     refine_steps: int = REFINE_STEPS,
     truncation: float = 1.0,
+    grid: Path | None = None,
 ) -> dict[str, Any]:
-    """Sample ``source`` (see :func:`sample_source`) and measure it."""
+    """Sample ``source`` (see :func:`sample_source`) and measure it
+    (``grid``: see :func:`measure_quality`)."""
     from lclr_shapes.predictor import load_predictor
 
     predictor = load_predictor(predictor_weights)
     images, asked = sample_source(source, n, seed, weights, truncation=truncation)
     report = measure_quality(
-        images, predictor, seed=seed, asked=asked, refine_steps=refine_steps
+        images,
+        predictor,
+        seed=seed,
+        asked=asked,
+        refine_steps=refine_steps,
+        grid=grid,
     )
     report["source"] = source
     report["seed"] = seed
@@ -423,6 +492,7 @@ def provenance_summary(report: dict[str, Any]) -> dict[str, Any]:
         "confident_share": round(good["confident_share"], 3),
         f"rerender_within_{ERROR_BOUND}": round(good["rerender_share"], 3),
         "median_rerender_error": round(good["median_error"], 3),
+        "good_share_by_class": {k: round(v, 3) for k, v in good["by_class"].items()},
         "class_shares": {k: round(v, 3) for k, v in shares.items()},
         "coverage": (
             "every tenth of every continuous factor"
@@ -453,6 +523,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{g['min_share']:.0%}; confident {g['confident_share']:.1%}, "
         f"re-render within {g['error_bound']} {g['rerender_share']:.1%}, "
         f"median error {g['median_error']:.3f})",
+        "  by shape    " + ", ".join(f"{k} {v:.1%}" for k, v in g["by_class"].items()),
         f"classes       {mark(c['pass'])}  {shares} (each in "
         f"[{c['low']:.3f}, {c['high']:.3f}])",
         f"coverage      {mark(cov['pass'])}  "
@@ -465,5 +536,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"conditioning  {report['conditioning_accuracy']:.1%} drawn as asked"
         )
+    if "grid" in report:
+        lines.append(f"grid          {report['grid']}")
     lines.append(f"overall       {mark(report['pass'])}")
     return lines

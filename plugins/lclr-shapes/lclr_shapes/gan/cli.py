@@ -125,18 +125,19 @@ def config_fields(
 @click.option(
     "--steps",
     type=click.IntRange(min=1),
-    default=11_000,
-    show_default=True,
-    help="Total steps, over all resumes.",
+    default=None,
+    help="Total steps, over all resumes [default: 18000; a resumed run: "
+    "its own total].",
 )
 @click.option(
     "--minutes",
     type=float,
     default=None,
-    help="Also stop after this much training wall time (optional).",
+    help="Also stop after this much training wall time, in total (optional; "
+    "a resumed run keeps its own limit).",
 )
 @click.option("--seed", type=int, default=None, help="[default: 0]")
-@click.option("--batch-size", type=int, default=None, help="[default: 32]")
+@click.option("--batch-size", type=int, default=None, help="[default: 16]")
 @click.option("--r1-gamma", type=float, default=None, help="R1 weight [0.1].")
 @click.option(
     "--pl-weight", type=float, default=None, help="Path-length weight [0: off]."
@@ -202,13 +203,18 @@ def train_gan(
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
+    limits = {"minutes": minutes, "steps": steps}
     if resume:
         # one clear line when there is nothing to resume, or other settings
         saved = GanConfig.from_json(load_checkpoint(out)["config"])
         _same_as_saved(saved, given, out)
         given = {}
+        # the run's own totals unless new ones are given
+        limits = {k: getattr(saved, k) if v is None else v for k, v in limits.items()}
+    else:
+        limits = {k: v for k, v in limits.items() if v is not None}
     try:
-        config = GanConfig(minutes=minutes, steps=steps, **given)
+        config = GanConfig(**limits, **given)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if not resume:

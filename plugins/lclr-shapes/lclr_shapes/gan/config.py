@@ -107,7 +107,7 @@ class GanConfig:
     """Discriminator channels per resolution."""
     conditional: bool = True
     """Condition G and D on the shape class (one-hot, drawn uniformly)."""
-    batch: int = attrs.field(default=32, validator=_positive)
+    batch: int = attrs.field(default=16, validator=_positive)
     """Images per step, for D and for G alike."""
     lr: float = attrs.field(default=0.002, validator=_positive)
     """Adam learning rate of G and D (betas 0, 0.99)."""
@@ -146,7 +146,7 @@ class GanConfig:
     minutes: float | None = attrs.field(default=None, validator=_positive)
     """Also stop after this much training wall time (in total, over
     resumes); a time limit makes the result depend on the machine."""
-    steps: int | None = attrs.field(default=11_000, validator=_positive)
+    steps: int | None = attrs.field(default=18_000, validator=_positive)
     """Stop after this many steps (in total)."""
     checkpoint_minutes: float = 5.0
     """Wall time between checkpoints."""
