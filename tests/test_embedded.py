@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import lclr
@@ -115,3 +116,23 @@ def test_recorded_quality_is_what_the_quality_command_measures():
     assert report["frechet"]["samples"] == pytest.approx(
         recorded["frechet"]["samples"], rel=0.05
     )
+
+
+@pytest.mark.parametrize("what", ["predictor", "stylegan2", "biggan"])
+def test_loading_weights_leaves_the_global_random_stream_alone(what):
+    # Building a network before its weights are loaded drew from the global
+    # stream, so loading (the GAN recipe's monitor loads the predictor after
+    # a resume restored that stream) changed every random draw after it.
+    from lclr_biggan.generator import load_generator
+    from lclr_shapes.predictor import load_predictor
+    from lclr_stylegan2.loading import load_checkpoint
+
+    load = {
+        "predictor": load_predictor,
+        "stylegan2": lambda: load_checkpoint(EMBEDDED_WEIGHTS),
+        "biggan": lambda: load_generator(None),
+    }[what]
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    load()
+    assert torch.equal(torch.get_rng_state(), before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import attrs
 import pytest
 import torch
 
@@ -110,6 +111,24 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
             assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
 
 
+def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
+    # Found in review: at 32 px the run's monitor loads the factor predictor
+    # after the checkpoint restored the random streams, and building that
+    # network drew from the global stream that the synthesis noise uses, so
+    # a resumed run drifted from the one never stopped (16 px loads none).
+    torch.set_num_threads(1)
+    chans = {4: 8, 8: 8, 16: 8, 32: 8}
+    config = tiny(size=32, g_channels=chans, d_channels=chans, pl_weight=0.0)
+    whole = train(attrs.evolve(config, steps=4), tmp_path / "whole")
+    train(attrs.evolve(config, steps=2), tmp_path / "split")
+    resumed = train(attrs.evolve(config, steps=4), tmp_path / "split", resume=True)
+    for net in ("G", "D", "G_ema"):
+        a = getattr(whole, net).state_dict()
+        b = getattr(resumed, net).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -192,6 +211,52 @@ def test_resume_continues_to_the_runs_own_total(tmp_path, monkeypatch):
     saved = GanConfig.from_json(load_checkpoint(out)["config"])
     assert load_checkpoint(out)["step"] == 3
     assert (saved.steps, saved.minutes) == (3, 500)
+
+
+def test_a_resume_with_nothing_left_to_train_is_one_line_and_touches_nothing(
+    tmp_path,
+):
+    # Found in review: resuming a finished run (or with --steps below the
+    # steps done) trained nothing, said nothing, appended a duplicate log
+    # row and saved a total below the steps trained.
+    torch.set_num_threads(1)
+    out = tmp_path / "r"
+    assert _invoke(["--out", str(out), "--steps", "2"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for args, message in (
+        ([], "trained 2 steps already; give --steps above 2"),
+        (["--steps", "1"], "give --steps above 2"),
+        (["--minutes", "500"], "give --steps above 2"),
+    ):
+        result = _invoke(["--out", str(out), "--resume", *args])
+        assert result.exit_code != 0
+        assert message in str(result.exception)
+        assert "\n" not in str(result.exception)
+    after = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_run_stopped_by_its_minutes_resumes_with_more_minutes(tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "m"
+    args = ["--out", str(out), "--steps", "4", "--minutes", "0.00001"]
+    assert _invoke(args).exit_code == 0
+    done = load_checkpoint(out)["step"]
+    assert done < 4
+    result = _invoke(["--out", str(out), "--resume"])
+    assert result.exit_code != 0
+    assert "minutes already; give --minutes above" in str(result.exception)
+    result = _invoke(["--out", str(out), "--resume", "--minutes", "500"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(out)["step"] == 4
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-1"])
+def test_minutes_must_be_a_positive_number(tmp_path, value):
+    result = _invoke(["--out", str(tmp_path / "x"), "--minutes", value])
+    assert result.exit_code != 0
+    assert "minutes must be > 0" in str(result.exception)
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_is_a_loadable_stylegan2(tmp_path):

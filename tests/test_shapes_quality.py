@@ -181,6 +181,54 @@ def test_quality_command_writes_the_error_grid(tmp_path):
         assert image.size == (3 * (GRID_COLUMNS * 33 + 1), 3 * (8 * 33 + 1))
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["quality", "--grid", "{tmp}/g.xyz"],
+        ["quality", "--grid", "{tmp}/g"],
+        ["quality", "--grid", "{tmp}/same.png", "--json", "{tmp}/same.png"],
+        ["quality", "--grid", "{tmp}/afile/g.png"],
+        ["quality", "--json", "{tmp}/afile/q.json"],
+        ["preview", "--out", "{tmp}/p.jpg"],
+    ],
+)
+def test_image_and_report_paths_are_checked_before_any_work(
+    tmp_path, args, monkeypatch
+):
+    # Found in review: a --grid name PIL cannot write, or a path under a
+    # file, failed after the whole measurement, with a traceback and no
+    # report. Now each is one line before anything is sampled.
+    import lclr_shapes.quality
+
+    def measured(*a, **k):
+        raise AssertionError("measured before the paths were checked")
+
+    monkeypatch.setattr(lclr_shapes.quality, "quality_of_source", measured)
+    (tmp_path / "afile").write_text("not a folder")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(shapes, argv)
+    assert result.exit_code != 0
+    assert not isinstance(result.exception, AssertionError), result.exception
+    assert (tmp_path / "afile").read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_shape_no_sample_is_read_as_has_no_good_share():
+    # Found in review: noise is read as one shape only, and the other three
+    # printed a good share of 0.0 % instead of none.
+    from lclr_shapes.quality import provenance_summary, summary_lines
+
+    torch.set_num_threads(1)
+    images, _ = sample_source("noise", 100, seed=5)
+    report = measure_quality(images, load_predictor(), seed=5, refine_steps=0)
+    report["seed"] = 5
+    by_class = report["good"]["by_class"]
+    assert by_class["arrow"] == 0.0
+    assert by_class["ell"] is by_class["heart"] is by_class["crescent"] is None
+    assert "ell n/a" in "\n".join(summary_lines(report))
+    assert provenance_summary(report)["good_share_by_class"]["ell"] is None
+
+
 def test_quality_command_exits_1_when_the_source_fails(tmp_path):
     # Noise fails the bar: the report is printed and written, the status is 1.
     out = tmp_path / "noise.json"

@@ -328,7 +328,8 @@ def load_biggan(path: str | os.PathLike) -> Loaded:
     check_state_dict(
         state, shapes_only, str(folder), defaulted_fields(folder / CONFIG_NAME)
     )
-    model = BigGAN(config)
+    with torch.random.fork_rng(devices=[]):  # loading draws no random numbers
+        model = BigGAN(config)
     folded = fold_spectral_norm(state, spectral_prefixes(model), str(folder))
     model.load_state_dict(folded)
     model.requires_grad_(False).eval()

@@ -18,6 +18,13 @@ def create_evaluator(options=None):
     return ShapesEvaluator(options)
 
 
+def _png_path(ctx, param, value: Path | None) -> Path | None:
+    """Refuse an image path whose name does not end in .png, before any work."""
+    if value is not None and value.suffix.lower() != ".png":
+        raise click.BadParameter(f"'{value}' is not a .png name; end it in .png")
+    return value
+
+
 @hookimpl
 def lclr_register_evaluators(register):
     """Register the ``shapes`` evaluator."""
@@ -103,6 +110,7 @@ def train_predictor(out, steps, batch_size, seed, threads, force):
     "--grid",
     "grid_path",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_png_path,
     default=None,
     help="Also write a PNG of samples above their re-renders, by shape, "
     "from the lowest error to the highest.",
@@ -119,6 +127,12 @@ def quality(weights, n, seed, source, truncation, predictor, json_path, grid_pat
 
     if n < 100:
         raise ConfigError(f"-n must be at least 100; got {n}")
+    both = grid_path is not None and json_path is not None
+    if both and grid_path.resolve() == json_path.resolve():
+        raise ConfigError("--grid and --json name the same file; give two names")
+    for path in (json_path, grid_path):
+        if path is not None:  # before the minutes of measuring, not after
+            path.parent.mkdir(parents=True, exist_ok=True)
     report = quality_of_source(
         source,
         weights=weights,
@@ -131,7 +145,6 @@ def quality(weights, n, seed, source, truncation, predictor, json_path, grid_pat
     for line in summary_lines(report):
         click.echo(line)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"report        {json_path}")
     if not report["pass"]:
@@ -143,6 +156,7 @@ def quality(weights, n, seed, source, truncation, predictor, json_path, grid_pat
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_png_path,
     default=Path("shapes_preview.png"),
     show_default=True,
 )

@@ -189,7 +189,8 @@ def load_predictor(
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
         meta = blob["meta"]
-        model = FactorPredictor(width=int(meta["width"]))
+        with torch.random.fork_rng(devices=[]):  # loading draws no random numbers
+            model = FactorPredictor(width=int(meta["width"]))
         model.load_state_dict(blob["state"])
     except Exception as err:  # noqa: BLE001 - any failure is the file's fault
         lines = str(err).strip().splitlines() or [type(err).__name__]

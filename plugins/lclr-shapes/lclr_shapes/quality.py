@@ -375,11 +375,12 @@ def measure_quality(
     good = confident & close
     share = float(good.double().mean())
     # which shapes fail: the good share among the samples read as each
-    by_class = {}
+    # (None for a shape no sample was read as)
+    by_class: dict[str, float | None] = {}
     for s, name in enumerate(SHAPES):
         of_shape = pred["shape"] == s
         by_class[name] = (
-            float(good[of_shape].double().mean()) if of_shape.any() else 0.0
+            float(good[of_shape].double().mean()) if of_shape.any() else None
         )
 
     # 2. class histogram of all samples
@@ -492,7 +493,9 @@ def provenance_summary(report: dict[str, Any]) -> dict[str, Any]:
         "confident_share": round(good["confident_share"], 3),
         f"rerender_within_{ERROR_BOUND}": round(good["rerender_share"], 3),
         "median_rerender_error": round(good["median_error"], 3),
-        "good_share_by_class": {k: round(v, 3) for k, v in good["by_class"].items()},
+        "good_share_by_class": {
+            k: None if v is None else round(v, 3) for k, v in good["by_class"].items()
+        },
         "class_shares": {k: round(v, 3) for k, v in shares.items()},
         "coverage": (
             "every tenth of every continuous factor"
@@ -523,7 +526,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{g['min_share']:.0%}; confident {g['confident_share']:.1%}, "
         f"re-render within {g['error_bound']} {g['rerender_share']:.1%}, "
         f"median error {g['median_error']:.3f})",
-        "  by shape    " + ", ".join(f"{k} {v:.1%}" for k, v in g["by_class"].items()),
+        "  by shape    "
+        + ", ".join(
+            f"{k} {'n/a' if v is None else f'{v:.1%}'}"
+            for k, v in g["by_class"].items()
+        ),
         f"classes       {mark(c['pass'])}  {shares} (each in "
         f"[{c['low']:.3f}, {c['high']:.3f}])",
         f"coverage      {mark(cov['pass'])}  "

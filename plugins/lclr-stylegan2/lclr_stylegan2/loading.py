@@ -515,7 +515,8 @@ def load_checkpoint(
         raise CheckpointError(f"'{path}': {e}") from None
     derived = {k: v for k, v in shapes.items() if k not in sd and _derived(k)}
     _check_keys(shapes, {**sd, **derived}, path, spec["size"])
-    model = build(spec)
+    with torch.random.fork_rng(devices=[]):  # loading draws no random numbers
+        model = build(spec)
     for key, value in model.state_dict().items():
         if key.endswith(("blur.kernel", "upsample.kernel")):
             sd.setdefault(key, value)  # fixed FIR filters, from the arch

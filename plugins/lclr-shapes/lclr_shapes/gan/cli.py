@@ -91,6 +91,25 @@ def _same_as_saved(saved, given: dict, out: Path) -> None:
             )
 
 
+def _check_left_to_do(
+    out: Path, step: int, elapsed: float, steps: int | None, minutes: float | None
+) -> None:
+    """Refuse a resume that would train no step: the run already has its
+    ``steps`` or ``minutes`` (the saved totals or the given ones)."""
+    from lclr.errors import ConfigError
+
+    if steps is not None and step >= steps:
+        raise ConfigError(
+            f"the run in {out} has trained {step} steps already; give "
+            f"--steps above {step} to train on"
+        )
+    if minutes is not None and elapsed >= minutes * 60:
+        raise ConfigError(
+            f"the run in {out} has trained {elapsed / 60:.2f} minutes already; "
+            f"give --minutes above {elapsed / 60:.2f} to train on"
+        )
+
+
 def config_fields(
     *, arch, seed, batch_size, r1_gamma, pl_weight, biggan_width, late_from, late
 ) -> dict:
@@ -206,11 +225,13 @@ def train_gan(
     limits = {"minutes": minutes, "steps": steps}
     if resume:
         # one clear line when there is nothing to resume, or other settings
-        saved = GanConfig.from_json(load_checkpoint(out)["config"])
+        state = load_checkpoint(out)
+        saved = GanConfig.from_json(state["config"])
         _same_as_saved(saved, given, out)
         given = {}
         # the run's own totals unless new ones are given
         limits = {k: getattr(saved, k) if v is None else v for k, v in limits.items()}
+        _check_left_to_do(out, int(state["step"]), float(state["elapsed"]), **limits)
     else:
         limits = {k: v for k, v in limits.items() if v is not None}
     try:

@@ -9,7 +9,7 @@ import attrs
 
 
 def _positive(instance, attribute, value):
-    if value is not None and value <= 0:
+    if value is not None and not value > 0:  # NaN too
         raise ValueError(f"{attribute.name} must be > 0, got {value}")
 
 
