@@ -59,6 +59,35 @@ def test_baseline_benchmark_runs_for_a_few_steps(tmp_path, monkeypatch, capsys):
     assert len(rows[0]["random_scores"]) == 2
 
 
+@pytest.mark.parametrize("arch", ["stylegan2", "biggan"])
+def test_capacity_benchmark_fits_the_generator_to_renders(
+    tmp_path, monkeypatch, capsys, arch
+):
+    argv = ["gan_capacity.py", "--arch", arch, "--steps", "12", "--every", "6",
+            "--batch-size", "4", "--score-samples", "8", "--channels32", "8",
+            "--biggan-width", "4", "--out", str(tmp_path / "cap.json")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "gan_capacity.py"))
+    bench["main"]()
+    rows = json.loads((tmp_path / "cap.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [6, 12]
+    assert set(rows[0]["by_shape"]) == set(SHAPES)
+    assert all(0 <= r["good"] <= 1 and r["l1"] > 0 for r in rows)
+    assert capsys.readouterr().out.count('"step"') == 2
+
+
+def test_capacity_benchmark_codes_every_factor_in_a_unit_range():
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "gan_capacity.py"))
+    import torch
+
+    from lclr_shapes.render import sample_factors
+
+    code = bench["factor_code"](sample_factors(2000, torch.Generator().manual_seed(0)))
+    assert code.shape == (2000, bench["CODE_SIZE"])
+    assert code.abs().max() <= 1.0 + 1e-6
+    assert (code.abs().amax(dim=0) > 0.9).all()  # each one spans its range
+
+
 def test_step_speed_benchmark_compares_the_trainer_with_the_floor(
     tmp_path, monkeypatch, capsys
 ):
