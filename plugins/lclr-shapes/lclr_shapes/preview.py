@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lclr_shapes.render import render, sample_factors
 
-__all__ = ["grid_image", "write_grid"]
+__all__ = ["grid_image", "save_grid", "write_grid"]
 
 
 def grid_image(images: Tensor, cols: int, pad: int = 1):
@@ -37,10 +37,16 @@ def write_grid(
     zoom: int = 2,
 ) -> Path:
     """Render ``rows * cols`` random samples of ``seed`` into a PNG grid."""
-    from PIL import Image
-
     gen = torch.Generator().manual_seed(seed)
     images = render(sample_factors(rows * cols, gen), size)
+    return save_grid(path, images, cols, zoom)
+
+
+def save_grid(path: str | Path, images: Tensor, cols: int, zoom: int = 1) -> Path:
+    """Save :func:`grid_image` of ``images``, each pixel a ``zoom`` square,
+    creating the folders above ``path``."""
+    from PIL import Image
+
     image = grid_image(images, cols)
     if zoom > 1:
         image = image.resize(

@@ -171,7 +171,7 @@ def write_error_grid(
     """A PNG of samples above their re-renders: for each predicted shape a
     pair of rows, ``cols`` of its samples from the lowest re-render error
     (left) to the highest (right), at evenly spaced ranks."""
-    from lclr_shapes.preview import grid_image
+    from lclr_shapes.preview import save_grid
 
     rows = []
     for s in range(len(SHAPES)):
@@ -181,12 +181,7 @@ def write_error_grid(
             index = index[torch.linspace(0, len(index) - 1, cols).round().long()]
         blank = torch.ones(cols - len(index), *images.shape[1:])
         rows += [torch.cat([images[index], blank]), torch.cat([renders[index], blank])]
-    image = grid_image(torch.cat(rows).clamp(0, 1), cols)
-    image = image.resize((image.width * zoom, image.height * zoom), resample=0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return save_grid(path, torch.cat(rows).clamp(0, 1), cols, zoom)
 
 
 # Fréchet distance ------------------------------------------------------------
