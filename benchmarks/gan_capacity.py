@@ -40,7 +40,7 @@ from lclr_shapes import render
 from lclr_shapes.gan.config import GanConfig
 from lclr_shapes.gan.train import build_generator
 from lclr_shapes.predictor import load_predictor
-from lclr_shapes.quality import CONFIDENCE, ERROR_BOUND, rerender_error
+from lclr_shapes.quality import CONFIDENCE, ERROR_BOUND, rerender, write_error_grid
 
 CODE_SIZE = len(render.SHAPES) + 8
 """Length of the factor code: shape one-hot and eight continuous values."""
@@ -97,14 +97,17 @@ class Drawer(nn.Module):
         return self.G.synthesis(ws, noise_mode="const")
 
 
-def score(drawer: Drawer, predictor, n: int = 300) -> dict:
+def score(drawer: Drawer, predictor, n: int = 300, grid: Path | None = None) -> dict:
     """The quality bar's good share of the drawer's images of ``n`` fixed
-    factor draws, overall and by (true) shape, and the median error."""
+    factor draws, overall and by (true) shape, and the median error;
+    ``grid``: also draw them above their re-renders there (by true shape)."""
     factors = render.sample_factors(n, torch.Generator().manual_seed(99))
     with torch.no_grad(), drawer.sampling():
         images = ((drawer(factors) + 1) / 2).clamp(0, 1)
     pred = predictor.predict(images)
-    error = rerender_error(images, pred)
+    error, renders = rerender(images, pred)
+    if grid is not None:
+        write_error_grid(grid, images, renders, error, factors["shape"])
     good = (error <= ERROR_BOUND) & (pred["probs"].max(dim=1).values >= CONFIDENCE)
     by_shape = {
         name: round(float(good[factors["shape"] == s].double().mean()), 3)
@@ -130,6 +133,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write the rows here as JSON")
+    parser.add_argument("--grid", type=Path, help="PNG of the last score's images")
     args = parser.parse_args()
     if min(args.steps, args.every, args.batch_size, args.score_samples) < 1:
         parser.error("--steps, --every, --batch-size, --score-samples must be >= 1")
@@ -156,15 +160,21 @@ def main() -> None:
         loss.backward()
         opt.step()
         if step % args.every == 0 or step == args.steps:
-            scores = score(drawer, predictor, args.score_samples)
+            last = step == args.steps
+            grid = args.grid if last else None
+            scores = score(drawer, predictor, args.score_samples, grid)
             row = {"step": step, "l1": round(loss.item(), 4), **scores}
             row["minutes"] = round((time.perf_counter() - started) / 60, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)},
-                                        "rows": rows}, indent=2) + "\n")  # fmt: skip
+        settings = {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+        }
+        args.out.write_text(
+            json.dumps({"args": settings, "rows": rows}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def test_capacity_benchmark_fits_the_generator_to_renders(
 ):
     argv = ["gan_capacity.py", "--arch", arch, "--steps", "12", "--every", "6",
             "--batch-size", "4", "--score-samples", "8", "--channels32", "8",
-            "--biggan-width", "4", "--out", str(tmp_path / "cap.json")]  # fmt: skip
+            "--biggan-width", "4", "--out", str(tmp_path / "cap.json"),
+            "--grid", str(tmp_path / "cap.png")]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     bench = runpy.run_path(str(ROOT / "benchmarks" / "gan_capacity.py"))
     bench["main"]()
@@ -74,6 +75,7 @@ def test_capacity_benchmark_fits_the_generator_to_renders(
     assert set(rows[0]["by_shape"]) == set(SHAPES)
     assert all(0 <= r["good"] <= 1 and r["l1"] > 0 for r in rows)
     assert capsys.readouterr().out.count('"step"') == 2
+    assert (tmp_path / "cap.png").stat().st_size > 0
 
 
 def test_capacity_benchmark_codes_every_factor_in_a_unit_range():
