@@ -251,11 +251,26 @@ def test_a_run_stopped_by_its_minutes_resumes_with_more_minutes(tmp_path):
     assert load_checkpoint(out)["step"] == 4
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "--batch-size must be > 0"),
+        (["--r1-gamma", "-1"], "--r1-gamma must be a finite number >= 0"),
+        (["--late-from", "3", "--late", "r1_gamma=0"], "a late r1_gamma cannot"),
+    ],
+)
+def test_config_errors_name_the_option(tmp_path, args, message):
+    result = _invoke(["--out", str(tmp_path / "x"), *args])
+    assert result.exit_code != 0
+    assert str(result.exception).startswith(message) or message in str(result.exception)
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("value", ["nan", "0", "-1"])
 def test_minutes_must_be_a_positive_number(tmp_path, value):
     result = _invoke(["--out", str(tmp_path / "x"), "--minutes", value])
     assert result.exit_code != 0
-    assert "minutes must be > 0" in str(result.exception)
+    assert "--minutes must be > 0" in str(result.exception)
     assert not (tmp_path / "x").exists()
 
 

@@ -91,6 +91,17 @@ def _same_as_saved(saved, given: dict, out: Path) -> None:
             )
 
 
+def _in_flags(message: str) -> str:
+    """A config error that names a field, reworded to name its option."""
+    from lclr_shapes.gan.config import FLAGS
+
+    flags = {**FLAGS, "minutes": "--minutes", "steps": "--steps"}
+    field = message.split(" ", 1)[0]
+    if field in flags:
+        return flags[field] + message[len(field) :]
+    return message
+
+
 def _check_left_to_do(
     out: Path, step: int, elapsed: float, steps: int | None, minutes: float | None
 ) -> None:
@@ -237,7 +248,7 @@ def train_gan(
     try:
         config = GanConfig(**limits, **given)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(_in_flags(str(exc))) from exc
     if not resume:
         check_new_folder(out)
     out.mkdir(parents=True, exist_ok=True)
