@@ -262,7 +262,7 @@ def test_a_run_stopped_by_its_minutes_resumes_with_more_minutes(tmp_path):
 def test_config_errors_name_the_option(tmp_path, args, message):
     result = _invoke(["--out", str(tmp_path / "x"), *args])
     assert result.exit_code != 0
-    assert str(result.exception).startswith(message) or message in str(result.exception)
+    assert str(result.exception).startswith(message)
     assert not (tmp_path / "x").exists()
 
 
