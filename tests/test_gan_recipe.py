@@ -288,6 +288,39 @@ def test_export_is_a_loadable_stylegan2(tmp_path):
     assert facts["steps"] == 1 and facts["images_seen"] == 4
 
 
+def test_export_replaces_weights_only_when_forced(tmp_path):
+    # Found in review: a second export overwrote the first without a word,
+    # and the default --to is the folder of the shipped generators.
+    from click.testing import CliRunner
+
+    from lclr_shapes.gan.cli import export_gan
+
+    torch.set_num_threads(1)
+    train(tiny(steps=1), tmp_path / "run")
+    args = [str(tmp_path / "run"), "--to", str(tmp_path / "out"), "--name", "tiny"]
+    assert CliRunner().invoke(export_gan, args).exit_code == 0
+    before = (tmp_path / "out" / "tiny.pt").read_bytes()
+    (tmp_path / "out" / "tiny.json").write_text("kept")
+    result = CliRunner().invoke(export_gan, args)
+    assert result.exit_code != 0
+    assert "tiny.pt exists; pass --force" in str(result.exception)
+    assert (tmp_path / "out" / "tiny.json").read_text() == "kept"
+    assert (tmp_path / "out" / "tiny.pt").read_bytes() == before
+    result = CliRunner().invoke(export_gan, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "tiny.json").read_text())["steps"] == 1
+
+
+@pytest.mark.parametrize("name", ["", "../evil", "a/b", ".hidden"])
+def test_export_name_is_a_plain_file_name(tmp_path, name):
+    from lclr.errors import ConfigError
+    from lclr_shapes.gan.export import export
+
+    with pytest.raises(ConfigError, match="plain file name"):
+        export(tmp_path / "run", tmp_path / "out", name=name)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(RunFolderError, match="train first"):
         load_checkpoint(tmp_path)

@@ -277,12 +277,18 @@ def train_gan(
     help="Also measure the exported generator against the quality bar "
     "(n=1000, seed 0) and record the figures in NAME.json.",
 )
-def export_gan(run_dir, dest, name, measure):
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace NAME's files if they exist (the default "
+    "--to holds the shipped generators).",
+)
+def export_gan(run_dir, dest, name, measure, force):
     """Export a run's moving-average generator as weights of its plugin:
     StyleGAN2 or BigGAN-deep (config.json + pytorch_model.bin)."""
     from lclr_shapes.gan.export import export, record_quality
 
-    weights, info = export(run_dir, dest, name=name)
+    weights, info = export(run_dir, dest, name=name, force=force)
     click.echo(str(weights))
     click.echo(str(info))
     if measure:

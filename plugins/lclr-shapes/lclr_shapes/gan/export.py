@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from lclr.errors import ConfigError, RunFolderError
 from lclr_shapes import render
 from lclr_shapes.gan.config import FLAGS, GanConfig
 from lclr_shapes.gan.train import build_generator, load_checkpoint
@@ -72,15 +73,40 @@ def _speeds(run_dir: Path) -> dict[str, float | None]:
     }
 
 
+def _check_targets(paths: list[Path], force: bool) -> None:
+    """Refuse to replace files already there, unless ``force``."""
+    there = [p for p in paths if p.exists()]
+    if there and not force:
+        raise RunFolderError(
+            f"{there[0]} exists; pass --force to replace it, or choose "
+            "another --to or --name"
+        )
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a plain file name (no folders, not hidden)."""
+    if not name or name != Path(name).name or name.startswith("."):
+        raise ConfigError(
+            f"--name '{name}' must be a plain file name such as shapes32 "
+            "(no folders, not starting with a dot)"
+        )
+    return name
+
+
 def export(
-    run_dir: str | Path, dest: str | Path | None = None, name: str = "shapes32"
+    run_dir: str | Path,
+    dest: str | Path | None = None,
+    name: str = "shapes32",
+    force: bool = False,
 ) -> list[Path]:
     """Write the weights and ``NAME.json`` for the run in ``run_dir``.
 
     The weights are ``NAME.pt`` for a StyleGAN2 run, the folder ``NAME``
     for a BigGAN-deep one. ``dest`` defaults to the plugin's weights
-    folder. Returns the two paths.
+    folder, where the shipped generators are: files already there are
+    replaced only with ``force``. Returns the two paths.
     """
+    check_name(name)
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
     config = GanConfig.from_json(state["config"])
@@ -104,10 +130,11 @@ def export(
     if median is not None:
         provenance["minutes_at_median_speed"] = round(steps * median / 60, 1)
     if config.arch == "biggan":
-        return _export_biggan(G, config, provenance, dest, name)
+        return _export_biggan(G, config, provenance, dest, name, force)
     from lclr_stylegan2.loading import EMBEDDED_WEIGHTS, save_checkpoint
 
     dest = Path(dest) if dest is not None else EMBEDDED_WEIGHTS.parent
+    _check_targets([dest / f"{name}.pt", dest / f"{name}.json"], force)
     # latent_avg over classes drawn uniformly (the truncation centre)
     gen = torch.Generator().manual_seed(0)
     latent_avg = G.mean_latent(LATENT_AVG_SAMPLES, None, gen)  # (D,)
@@ -141,12 +168,15 @@ def export(
     return [pt_path, json_path]
 
 
-def _export_biggan(G, config: GanConfig, provenance: dict, dest, name: str):
+def _export_biggan(
+    G, config: GanConfig, provenance: dict, dest, name: str, force: bool
+):
     """The BigGAN-deep half of :func:`export`: the folder ``NAME``."""
     from lclr_biggan.loading import WEIGHTS_NAME
     from lclr_shapes.gan import biggan
 
     dest = Path(dest) if dest is not None else biggan.default_destination()
+    _check_targets([dest / name, dest / f"{name}.json"], force)
     folder = biggan.export_weights(G, dest / name)
     weights = folder / WEIGHTS_NAME
     for path in folder.iterdir():
