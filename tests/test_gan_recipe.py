@@ -288,6 +288,23 @@ def test_export_is_a_loadable_stylegan2(tmp_path):
     assert facts["steps"] == 1 and facts["images_seen"] == 4
 
 
+def test_metrics_rows_are_strict_json_without_unmeasured_figures(tmp_path, caplog):
+    # Found in review: a window with no R1 step logged "r1": NaN, which
+    # strict JSON parsers refuse and which read like a diverged run.
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    torch.set_num_threads(1)
+    caplog.set_level("INFO", logger="lclr_shapes.gan.train")
+    train(tiny(steps=3), tmp_path / "run")  # R1 every 2 steps: at 0 and 2
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert ["r1" in row for row in rows] == [True, False, True]
+    steps = [r.getMessage() for r in caplog.records if "loss_d" in r.getMessage()]
+    assert len(steps) == 3 and "r1 -" in steps[1]
+    assert not any("nan" in line for line in steps)
+
+
 def test_export_replaces_weights_only_when_forced(tmp_path):
     # Found in review: a second export overwrote the first without a word,
     # and the default --to is the folder of the shipped generators.

@@ -328,6 +328,11 @@ class Trainer:
         return path
 
 
+def _figure(value: float | None, spec: str) -> str:
+    """A logged metric, or ``-`` for one not measured in the window."""
+    return "-" if value is None else format(value, spec)
+
+
 def load_checkpoint(folder: str | Path) -> dict:
     """The training state saved in a run folder (tensors on CPU)."""
     path = Path(folder) / CHECKPOINT
@@ -453,18 +458,22 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
             if trainer.step % config.log_every == 0 or _done(trainer):
                 now = time.monotonic()
                 record = {k: v / counts[k] for k, v in sums.items()}
-                record.setdefault("r1", float("nan"))
                 record.update(
                     step=trainer.step,
                     kimg=trainer.nimg / 1000,
                     minutes=trainer.elapsed / 60,
                     sec_per_step=(now - window_t) / window_steps,
                 )
-                metrics_file.write(json.dumps(record) + "\n")
+                # strict JSON: a metric that is not a finite number is null
+                finite = {
+                    k: v if not isinstance(v, float) or math.isfinite(v) else None
+                    for k, v in record.items()
+                }
+                metrics_file.write(json.dumps(finite, allow_nan=False) + "\n")
                 metrics_file.flush()
                 logger.info(
                     "step %d kimg %.1f min %.1f s/step %.3f loss_d %.3f "
-                    "loss_g %.3f d_real %.2f d_fake %.2f r1 %.4f ms %.3f",
+                    "loss_g %.3f d_real %.2f d_fake %.2f r1 %s ms %s",
                     trainer.step,
                     record["kimg"],
                     record["minutes"],
@@ -473,8 +482,8 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
                     record["loss_g"],
                     record["d_real"],
                     record["d_fake"],
-                    record["r1"],
-                    record.get("ms_ratio", float("nan")),
+                    _figure(record.get("r1"), ".4f"),
+                    _figure(record.get("ms_ratio"), ".3f"),
                 )
                 if not all(math.isfinite(record[k]) for k in ("loss_d", "loss_g")):
                     # the diverged state is not saved over the last good one
