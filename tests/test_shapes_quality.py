@@ -213,6 +213,20 @@ def test_image_and_report_paths_are_checked_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--source", "real", "--weights", "nope.pt"], "--weights is for a generator"),
+        (["--truncation", "0.3"], "--truncation is for --generator biggan"),
+    ],
+)
+def test_options_that_would_be_ignored_are_refused(args, message):
+    # Found in review: both were accepted and had no effect.
+    result = CliRunner().invoke(shapes, ["quality", *args])
+    assert result.exit_code != 0
+    assert message in str(result.exception)
+
+
 def test_a_shape_no_sample_is_read_as_has_no_good_share():
     # Found in review: noise is read as one shape only, and the other three
     # printed a good share of 0.0 % instead of none.

@@ -80,7 +80,9 @@ def train_predictor(out, steps, batch_size, seed, threads, force):
     help="StyleGAN2 checkpoint or BigGAN weights folder [default: the "
     "generator's embedded one].",
 )
-@click.option("-n", "n", type=int, default=1000, show_default=True)
+@click.option(
+    "-n", "n", type=int, default=1000, show_default=True, help="Samples (>= 100)."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--source",
@@ -127,6 +129,10 @@ def quality(weights, n, seed, source, truncation, predictor, json_path, grid_pat
 
     if n < 100:
         raise ConfigError(f"-n must be at least 100; got {n}")
+    if weights is not None and source not in ("stylegan2", "biggan"):
+        raise ConfigError(f"--weights is for a generator, not --source {source}")
+    if truncation != 1.0 and source != "biggan":
+        raise ConfigError(f"--truncation is for --generator biggan, not {source}")
     both = grid_path is not None and json_path is not None
     if both and grid_path.resolve() == json_path.resolve():
         raise ConfigError("--grid and --json name the same file; give two names")
