@@ -292,3 +292,14 @@ def test_memory_and_device_options_reach_the_config_and_resume(tmp_path):
     assert (config["chunk_size"], config["channels_last"]) == (7, True)
     result = invoke("run", *TINY, "--max-memory", "-1", "--out", tmp_path / "x")
     assert result.exit_code == 2 and "--max-memory must be greater" in result.output
+
+
+def test_resuming_a_folder_without_state_says_how_to_go_on(tmp_path):
+    # Found in review: a run stopped at once (two Ctrl-C) leaves a folder
+    # with no state; the old line named no way forward.
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text("{}")
+    result = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    text = str(result.exception) + result.output
+    assert "cannot be resumed" in text and "delete the folder" in text

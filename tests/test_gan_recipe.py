@@ -340,6 +340,11 @@ def test_export_name_is_a_plain_file_name(tmp_path, name):
 
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(RunFolderError, match="train first"):
+        load_checkpoint(tmp_path / "never")
+    # found in review: a start stopped at once (two Ctrl-C) leaves a folder
+    # with logs and no checkpoint; the line says how to go on from there
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="nothing to resume.*delete the folder"):
         load_checkpoint(tmp_path)
 
 

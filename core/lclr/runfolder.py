@@ -75,7 +75,9 @@ def load_state(path: Path) -> dict[str, Any]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RunFolderError(
-            f"{path.parent} has no {STATE}; it is not a resumable lclr run"
+            f"{path.parent} has no {STATE}, so it cannot be resumed (a run "
+            "stopped before its first save has none): start a new run with "
+            "another --out, or delete the folder first"
         ) from None
     except Exception as exc:
         raise CheckpointError(

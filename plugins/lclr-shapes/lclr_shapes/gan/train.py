@@ -336,6 +336,12 @@ def _figure(value: float | None, spec: str) -> str:
 def load_checkpoint(folder: str | Path) -> dict:
     """The training state saved in a run folder (tensors on CPU)."""
     path = Path(folder) / CHECKPOINT
+    if not path.is_file() and Path(folder).is_dir():
+        raise RunFolderError(
+            f"no {CHECKPOINT} in {folder}, so there is nothing to resume (a run "
+            "stopped before its first checkpoint has none): train a new run "
+            "with another --out, or delete the folder first"
+        )
     if not path.is_file():
         raise RunFolderError(
             f"no {CHECKPOINT} in {folder}; train first with "
