@@ -64,7 +64,7 @@ def test_capacity_benchmark_fits_the_generator_to_renders(
     tmp_path, monkeypatch, capsys, arch
 ):
     argv = ["gan_capacity.py", "--arch", arch, "--steps", "12", "--every", "6",
-            "--batch-size", "4", "--score-samples", "8", "--channels32", "8",
+            "--batch-size", "4", "--score-samples", "20", "--channels32", "8",
             "--biggan-width", "4", "--out", str(tmp_path / "cap.json"),
             "--grid", str(tmp_path / "cap.png")]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
@@ -76,6 +76,28 @@ def test_capacity_benchmark_fits_the_generator_to_renders(
     assert all(0 <= r["good"] <= 1 and r["l1"] > 0 for r in rows)
     assert capsys.readouterr().out.count('"step"') == 2
     assert (tmp_path / "cap.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--out", "{tmp}"], ["--out", "{tmp}/afile/x.json"], ["--grid", "{tmp}/g.jpg"],
+     ["--threads", "0"], ["--lr", "nan"], ["--channels32", "0"],
+     ["--score-samples", "1"]],
+)  # fmt: skip
+def test_capacity_benchmark_checks_its_arguments_before_training(
+    tmp_path, monkeypatch, capsys, args
+):
+    # Found in review: bad output paths failed after all the training, with
+    # a traceback, and bad numbers were tracebacks or silently ignored.
+    (tmp_path / "afile").write_text("kept")
+    argv = ["gan_capacity.py", *[a.replace("{tmp}", str(tmp_path)) for a in args]]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "gan_capacity.py"))
+    with pytest.raises(SystemExit) as exc:
+        bench["main"]()
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("gan_capacity")
+    assert (tmp_path / "afile").read_text() == "kept"
 
 
 def test_capacity_benchmark_codes_every_factor_in_a_unit_range():
