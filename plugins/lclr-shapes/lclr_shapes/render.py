@@ -164,6 +164,10 @@ def _ell(u: Tensor, v: Tensor) -> Tensor:
 def _heart(u: Tensor, v: Tensor) -> Tensor:
     # two lobes on top (-v), a point at the bottom (+v); the point's sides
     # are tangent to the lobes
+    # Known flaw: at u = 0 the point's top edge (v = -0.05) barely overlaps
+    # the lobes' lower edge (v = -0.035), so both distances are near 0 there
+    # and every heart has a half-covered dot inside. Fixing it changes the
+    # world the predictor and both shipped generators were trained on.
     lobes = torch.minimum(_disc(u, v, -0.4, -0.3, 0.48), _disc(u, v, 0.4, -0.3, 0.48))
     d = 0.5 * math.sqrt(2.0)
     point = torch.maximum(
