@@ -216,6 +216,9 @@ def test_class_labels():
     torch.testing.assert_close(rand.sample_latent(5, 1), rand.sample_latent(5, 1))
     with pytest.raises(ConfigError, match="circle, square, triangle"):
         StyleGAN2Generator(model, class_label="hexagon", class_names=names)
+    # found in review: a near miss got no suggestion, unlike BigGAN's classes
+    with pytest.raises(ConfigError, match="did you mean square\\?"):
+        StyleGAN2Generator(model, class_label="sqare", class_names=names)
     with pytest.raises(ConfigError, match="class_label"):
         StyleGAN2Generator(model, space="z")
     with pytest.raises(ConfigError, match="unconditional; drop class_label"):

@@ -8,6 +8,7 @@ outputs of the styled convolutions, named as in the checkpoint: ``conv1``
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -115,7 +116,9 @@ class StyleGAN2Generator(Generator):
         if isinstance(label, int) and 0 <= label < c_dim:
             return label
         known = choices(names) if names else f"an index 0..{c_dim - 1}"
-        raise ConfigError(f"unknown class_label {label!r}; use {known}")
+        near = difflib.get_close_matches(str(label), names or [], n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        raise ConfigError(f"unknown class {label!r}; {hint}use {known}")
 
     # Layers --------------------------------------------------------------
 
