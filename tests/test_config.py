@@ -73,3 +73,12 @@ def test_config_files(tmp_path):
         RunConfig.from_file(tmp_path / "b.json")
     with pytest.raises(ConfigError, match="cannot read config"):
         RunConfig.from_file(tmp_path / "missing.toml")
+
+
+def test_a_foreign_config_is_named_as_such_in_one_short_line():
+    # Found in review: `lclr run --resume` on a GAN recipe's folder listed
+    # some 60 key names in one 715-character line.
+    foreign = {f"key_{i}": i for i in range(40)}
+    with pytest.raises(ConfigError, match="not an lclr run config: 40 of its 40") as e:
+        RunConfig.from_dict(foreign)
+    assert len(str(e.value)) < 200

@@ -187,6 +187,13 @@ class RunConfig:
             )
         names = {f.name for f in attrs.fields(cls)}
         unknown = sorted(set(data) - names)
+        if len(unknown) > max(3, len(data) / 2):  # mostly foreign: another file
+            shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+            raise ConfigError(
+                f"this is not an lclr run config: {len(unknown)} of its "
+                f"{len(data)} keys ({shown}) are not lclr's; point at an lclr "
+                "run folder or config file"
+            )
         if unknown:
             raise ConfigError(
                 f"unknown config key {', '.join(unknown)}; valid keys: "
