@@ -303,3 +303,16 @@ def test_resuming_a_folder_without_state_says_how_to_go_on(tmp_path):
     assert result.exit_code != 0
     text = str(result.exception) + result.output
     assert "cannot be resumed" in text and "delete the folder" in text
+
+
+@pytest.mark.parametrize("under", ["afile/sub", "afile/sub/deeper"])
+def test_a_file_where_a_folder_is_needed_is_named(tmp_path, under):
+    # Found in review: "File exists: out/afile; check the path and its
+    # rights" for --out under a file, which reads as if it were a folder.
+    (tmp_path / "afile").write_text("kept")
+    args = ["-q", "run", "--out", str(tmp_path / under), "--iterations", "1",
+            "-k", "2", "--no-render"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 6
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in result.output
+    assert (tmp_path / "afile").read_text() == "kept"

@@ -7,6 +7,7 @@ Heavy imports (torch) happen inside the commands, so ``lclr --help`` is fast.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -66,12 +67,21 @@ class LclrGroup(click.Group):
             ctx.exit(130)
         except OSError as exc:
             # A file system refusal (read-only, not a folder, disk full...).
-            where = f": {exc.filename}" if exc.filename else ""
-            reason = exc.strerror or str(exc)
-            click.echo(
-                f"Error: {reason}{where}; check the path and its rights", err=True
-            )
+            click.echo(f"Error: {_os_error_line(exc)}", err=True)
             ctx.exit(6)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for a file system refusal; a file where a folder is needed
+    (making ``a/b`` when ``a`` is a file) is named as such."""
+    name = exc.filename
+    if name is not None and exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        path = Path(os.fsdecode(name))
+        for part in (path, *path.parents):
+            if part.is_file():
+                return f"{part} is a file, not a folder; choose another path"
+    where = f": {name}" if name else ""
+    return f"{exc.strerror or exc}{where}; check the path and its rights"
 
 
 @click.group(cls=LclrGroup)
