@@ -188,7 +188,7 @@ def test_more_errors_found_by_trying_to_break_it(tmp_path):
                   "--no-render").exit_code == 0  # fmt: skip
     torch.save(torch.zeros(3), state_is_tensor / "state.pt")
     cases = [
-        (["run", *TINY, "--out", file / "sub"], "Not a directory"),
+        (["run", *TINY, "--out", file / "sub"], "is a file, not a folder"),
         (["run", "--config", tmp_path / "list.json"], "not list"),
         (["run", "--config", tmp_path / "frac.toml"], "k: expected an integer"),
         (["run", "--resume", state_is_tensor, "--iterations", "5"], "not an lclr"),
