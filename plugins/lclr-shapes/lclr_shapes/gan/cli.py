@@ -102,19 +102,19 @@ def _in_flags(message: str) -> str:
     return message
 
 
-def _check_left_to_do(
-    out: Path, step: int, elapsed: float, steps: int | None, minutes: float | None
-) -> None:
-    """Refuse a resume that would train no step: the run already has its
-    ``steps`` or ``minutes`` (the saved totals or the given ones)."""
+def _check_left_to_do(out: Path, config, step: int, elapsed: float) -> None:
+    """Refuse a resume that would train no step: the run already has the
+    ``config``'s steps or minutes (the saved totals or the given ones)."""
     from lclr.errors import ConfigError
+    from lclr_shapes.gan.train import limit_reached
 
-    if steps is not None and step >= steps:
+    reached = limit_reached(config, step, elapsed)
+    if reached == "steps":
         raise ConfigError(
             f"the run in {out} has trained {step} steps already; give "
             f"--steps above {step} to train on"
         )
-    if minutes is not None and elapsed >= minutes * 60:
+    if reached == "minutes":
         raise ConfigError(
             f"the run in {out} has trained {elapsed / 60:.2f} minutes already; "
             f"give --minutes above {elapsed / 60:.2f} to train on"
@@ -242,13 +242,14 @@ def train_gan(
         given = {}
         # the run's own totals unless new ones are given
         limits = {k: getattr(saved, k) if v is None else v for k, v in limits.items()}
-        _check_left_to_do(out, int(state["step"]), float(state["elapsed"]), **limits)
     else:
         limits = {k: v for k, v in limits.items() if v is not None}
     try:
         config = GanConfig(**limits, **given)
     except ValueError as exc:
         raise ConfigError(_in_flags(str(exc))) from exc
+    if resume:
+        _check_left_to_do(out, config, int(state["step"]), float(state["elapsed"]))
     if not resume:
         check_new_folder(out)
     out.mkdir(parents=True, exist_ok=True)

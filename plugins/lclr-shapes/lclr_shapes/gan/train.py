@@ -336,13 +336,13 @@ def _figure(value: float | None, spec: str) -> str:
 def load_checkpoint(folder: str | Path) -> dict:
     """The training state saved in a run folder (tensors on CPU)."""
     path = Path(folder) / CHECKPOINT
-    if not path.is_file() and Path(folder).is_dir():
-        raise RunFolderError(
-            f"no {CHECKPOINT} in {folder}, so there is nothing to resume (a run "
-            "stopped before its first checkpoint has none): train a new run "
-            "with another --out, or delete the folder first"
-        )
     if not path.is_file():
+        if Path(folder).is_dir():
+            raise RunFolderError(
+                f"no {CHECKPOINT} in {folder}, so there is nothing to resume (a "
+                "run stopped before its first checkpoint has none): train a new "
+                "run with another --out, or delete the folder first"
+            )
         raise RunFolderError(
             f"no {CHECKPOINT} in {folder}; train first with "
             "'python -m lclr_shapes.gan.train --out DIR'"
@@ -393,11 +393,18 @@ def check_new_folder(out: Path) -> None:
         raise RunFolderError(f"{out} is not an empty folder; choose another --out")
 
 
+def limit_reached(config: GanConfig, step: int, elapsed: float) -> str | None:
+    """Which of the run's totals ``step`` steps and ``elapsed`` seconds
+    have reached: ``"steps"``, ``"minutes"`` or ``None``."""
+    if config.steps is not None and step >= config.steps:
+        return "steps"
+    if config.minutes is not None and elapsed >= config.minutes * 60:
+        return "minutes"
+    return None
+
+
 def _done(trainer: Trainer) -> bool:
-    cfg = trainer.config
-    if cfg.steps is not None and trainer.step >= cfg.steps:
-        return True
-    return cfg.minutes is not None and trainer.elapsed >= cfg.minutes * 60
+    return limit_reached(trainer.config, trainer.step, trainer.elapsed) is not None
 
 
 def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
