@@ -137,6 +137,7 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
         {"late_from": 5, "late": {"mode_seeking": 0.2, "augment_p": 0.0}},
         {"arch": "biggan", "biggan_width": 8, "minutes": 1.5},
         {"pl_weight": 2.0, "r1_gamma": 1e-05},
+        {"feature_d": 2.0, "steps": 26000},
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -628,3 +629,68 @@ def test_the_switch_is_logged_and_a_switch_never_reached_warned(tmp_path, caplog
     assert "after step 2: late settings" in caplog.text
     train(tiny(steps=3, late_from=3, late=LATE), tmp_path / "b")
     assert "they are never used" in caplog.text
+
+
+def test_feature_heads_read_what_the_predictor_computes():
+    from lclr_shapes.gan.features import FeatureHeads, backbone_features
+    from lclr_shapes.predictor import FactorPredictor
+
+    torch.manual_seed(0)
+    net = FactorPredictor(width=4).eval()
+    img = torch.rand(3, 3, 32, 32)
+    feats = backbone_features(net, img * 2 - 1)
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (4, 16, 16),
+        (8, 8, 8),
+        (16, 4, 4),
+        (128,),
+    ]
+    assert torch.allclose(feats[-1], net(img)[2], atol=1e-6)
+    # 16-pixel images are read at 32, as the predictor reads them
+    small = torch.rand(3, 3, 16, 16)
+    assert torch.allclose(backbone_features(net, small * 2 - 1)[-1], net(small)[2])
+    heads = FeatureHeads(width=4, c_dim=4)
+    c = torch.eye(4)[:3]
+    assert heads(feats, c).shape == (3, 4)
+
+
+def test_a_run_with_feature_heads_resumes_exactly(tmp_path):
+    torch.set_num_threads(1)
+    config = tiny(feature_d=1.0, feature_width=2, feature_steps=3)
+    whole = train(attrs.evolve(config, steps=4), tmp_path / "whole")
+    split = train(attrs.evolve(config, steps=2), tmp_path / "split")
+    pretrained = {k: v.clone() for k, v in split.F.state_dict().items()}
+    resumed = train(attrs.evolve(config, steps=4), tmp_path / "split", resume=True)
+    # the backbone is trained once and travels in the checkpoint
+    for key, value in pretrained.items():
+        assert torch.equal(resumed.F.state_dict()[key], value)
+    for net in ("G", "D", "G_ema", "F", "FD"):
+        a = getattr(whole, net).state_dict()
+        b = getattr(resumed, net).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+    # the heads learn, the backbone stays frozen
+    assert not any(p.requires_grad for p in resumed.F.parameters())
+    assert resumed.opt_FD.state_dict()["state"]
+
+
+def test_feature_heads_are_off_by_default():
+    from lclr_shapes.gan.train import Trainer
+
+    trainer = Trainer(tiny())
+    assert trainer.FD is None and "F" not in trainer.state_dict()
+
+
+def test_feature_heads_learn_at_every_d_step():
+    # Found by the resume test: the heads were set trainable only after the
+    # D step's forward, so after the first G step froze them they never
+    # learnt again (and a resumed run, built trainable, drifted).
+    from lclr_shapes.gan.train import Trainer
+
+    torch.set_num_threads(1)
+    trainer = Trainer(tiny(feature_d=1.0, feature_width=2, feature_steps=3))
+    for _ in range(3):
+        before = [p.clone() for p in trainer.FD.parameters()]
+        trainer.train_step()
+        moved = [not torch.equal(a, b) for a, b in zip(before, trainer.FD.parameters())]
+        assert all(moved)

@@ -122,7 +122,16 @@ def _check_left_to_do(out: Path, config, step: int, elapsed: float) -> None:
 
 
 def config_fields(
-    *, arch, seed, batch_size, r1_gamma, pl_weight, biggan_width, late_from, late
+    *,
+    arch,
+    seed,
+    batch_size,
+    r1_gamma,
+    pl_weight,
+    biggan_width,
+    late_from,
+    late,
+    feature_d=None,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
     given = {
@@ -132,6 +141,7 @@ def config_fields(
         "r1_gamma": r1_gamma,
         "pl_weight": pl_weight,
         "biggan_width": biggan_width,
+        "feature_d": feature_d,
         "late_from": late_from,
         "late": _late_settings(late) or None,
     }
@@ -193,6 +203,13 @@ def config_fields(
     help="BigGAN-deep channel_width [16].",
 )
 @click.option(
+    "--feature-d",
+    type=float,
+    default=None,
+    help="Weight of the discriminator heads on a frozen, separately "
+    "trained shapes network's features [0: off].",
+)
+@click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=2,
@@ -213,6 +230,7 @@ def train_gan(
     late_from,
     late,
     biggan_width,
+    feature_d,
     threads,
     resume,
     quiet,
@@ -229,7 +247,7 @@ def train_gan(
     given = config_fields(
         arch=arch, seed=seed, batch_size=batch_size, r1_gamma=r1_gamma,
         pl_weight=pl_weight, biggan_width=biggan_width, late_from=late_from,
-        late=late,
+        late=late, feature_d=feature_d,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 

@@ -41,6 +41,7 @@ FLAGS = {
     "r1_gamma": "--r1-gamma",
     "pl_weight": "--pl-weight",
     "biggan_width": "--biggan-width",
+    "feature_d": "--feature-d",
     "late_from": "--late-from",
     "late": "--late",
 }
@@ -166,6 +167,16 @@ class GanConfig:
     """Block the self-attention precedes (-1: none); 4 is at 16 px."""
     biggan_lr: float = attrs.field(default=0.0002, validator=_positive)
     """Adam learning rate of a BigGAN-deep G (D keeps ``lr``)."""
+
+    feature_d: float = attrs.field(default=0.0, validator=_weight)
+    """Weight of the discriminator heads on a frozen, separately trained
+    network's features (:mod:`lclr_shapes.gan.features`); 0 turns them
+    off."""
+    feature_width: int = attrs.field(default=8, validator=_positive)
+    """Width of that network (a factor predictor; the evaluator's is 16)."""
+    feature_steps: int = attrs.field(default=3000, validator=_positive)
+    """Supervised steps (batch 64) that train it before the GAN starts;
+    their wall time counts into the run's minutes."""
 
     late_from: int | None = attrs.field(default=None, validator=_positive)
     """Steps trained with the early settings; the ``late`` ones replace

@@ -109,6 +109,42 @@ class Trainer:
         self.pl_mean = torch.zeros(())
         # the settings after late_from, made once (the same config if none)
         self._late = config.at_step(config.late_from or 0)
+        # discriminator heads on a frozen backbone's features (optional)
+        self.F = self.FD = self.opt_FD = None
+        if config.feature_d:
+            from lclr_shapes.gan.features import FeatureHeads
+            from lclr_shapes.predictor import FactorPredictor
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.feature_seed)
+                self.F = FactorPredictor(width=config.feature_width)
+                self.FD = FeatureHeads(config.feature_width, self.c_dim)
+            self.F.eval().requires_grad_(False)
+            self.opt_FD = self._adam(self.FD, 0)
+
+    @property
+    def feature_seed(self) -> int:
+        """Seed of the feature backbone's init and training stream."""
+        return self.config.seed * 1000 + 3
+
+    def pretrain_features(self) -> float:
+        """Train the feature backbone (supervised, on renders); seconds."""
+        from lclr_shapes.predictor import train_predictor
+
+        started = time.monotonic()
+        logger.info(
+            "training the feature network (width %d, %d steps)",
+            self.config.feature_width,
+            self.config.feature_steps,
+        )
+        net = train_predictor(
+            steps=self.config.feature_steps,
+            seed=self.feature_seed,
+            width=self.config.feature_width,
+        )
+        self.F.load_state_dict(net.state_dict())
+        self.F.eval().requires_grad_(False)
+        return time.monotonic() - started
 
     def _adam(
         self, net: nn.Module, interval: int, lr: float | None = None
@@ -171,14 +207,25 @@ class Trainer:
             else self.config
         )
 
-    def discriminate(self, img: torch.Tensor, c, with_class: bool = False):
-        """D's ``(N,)`` logits for augmented ``img`` and, ``with_class`` in
-        a run with a class loss, its ``(N, C)`` class logits (else None)."""
+    def discriminate(
+        self, img: torch.Tensor, c, with_class: bool = False, features: bool = True
+    ):
+        """D's ``(N,)`` logits for augmented ``img``; ``with_class`` in a
+        run with a class loss, its ``(N, C)`` class logits (else None);
+        with ``features`` in a run with feature heads, their ``(N, heads)``
+        logits on the same augmented images (else None)."""
         cfg = self.settings()
         img = augment(img, cfg.augment, cfg.augment_p, self.gens["augment"])
         if with_class and self.c_dim and cfg.class_loss:
-            return self.D(img, c, with_class=True)
-        return self.D(img, c), None
+            logits, cls = self.D(img, c, with_class=True)
+        else:
+            logits, cls = self.D(img, c), None
+        feat = None
+        if features and self.FD is not None:
+            from lclr_shapes.gan.features import backbone_features
+
+            feat = self.FD(backbone_features(self.F, img), c)
+        return logits, cls, feat
 
     # One step ---------------------------------------------------------------
 
@@ -191,13 +238,22 @@ class Trainer:
         # D: real images up, generated ones down.
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
+        if self.FD is not None:
+            self.FD.requires_grad_(True)
         real, c_real = self.real_batch()
         c_fake = self.sample_classes(n)
         with torch.no_grad():
             fake, _, _ = self.generate(self.G, n, c_fake)
-        logits_fake, _ = self.discriminate(fake, c_fake)
-        logits_real, cls = self.discriminate(real, c_real, with_class=True)
+        logits_fake, _, feat_fake = self.discriminate(fake, c_fake)
+        logits_real, cls, feat_real = self.discriminate(real, c_real, with_class=True)
         loss_d = F.softplus(logits_fake).mean()
+        if feat_fake is not None:
+            # each head is a discriminator of its own; their mean is weighed
+            loss_feat = (
+                F.softplus(feat_fake).mean() + F.softplus(-feat_real).mean()
+            ) * cfg.feature_d
+            loss_d = loss_d + loss_feat
+            metrics["feat_d"] = loss_feat.item()
         if cls is not None:
             # AC-GAN: D also learns to name the class of real images
             loss_cls = F.cross_entropy(cls, c_real.argmax(dim=1))
@@ -205,8 +261,12 @@ class Trainer:
             metrics["cls_real"] = loss_cls.item()
         loss_d = loss_d + F.softplus(-logits_real).mean()
         self.opt_D.zero_grad(set_to_none=True)
+        if self.FD is not None:
+            self.opt_FD.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_D.step()
+        if self.FD is not None:
+            self.opt_FD.step()
         metrics["loss_d"] = loss_d.item()
         metrics["d_real"] = logits_real.mean().item()
         metrics["d_fake"] = logits_fake.mean().item()
@@ -214,7 +274,7 @@ class Trainer:
         # Lazy R1: penalise D's gradient on real images.
         if cfg.r1_gamma and self.step % cfg.r1_interval == 0:
             real = real.detach().requires_grad_(True)
-            logits, _ = self.discriminate(real, c_real)
+            logits, _, _ = self.discriminate(real, c_real, features=False)
             (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
             penalty = grad.square().sum(dim=(1, 2, 3))  # (N,)
             loss_r1 = penalty.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval
@@ -226,15 +286,21 @@ class Trainer:
         # G: make D call generated images real.
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
+        if self.FD is not None:
+            self.FD.requires_grad_(False)
         c_fake = self.sample_classes(n)
         if cfg.mode_seeking and c_fake is not None:
             # pairs (i, i + N/2) share a class: N/2 classes, drawn twice
             half = c_fake[: n // 2]
             c_fake = torch.cat([half, half, c_fake[2 * (n // 2) :]])
         fake, _, z = self.generate(self.G, n, c_fake)
-        logits, cls = self.discriminate(fake, c_fake, with_class=True)
+        logits, cls, feat = self.discriminate(fake, c_fake, with_class=True)
         loss_g = F.softplus(-logits).mean()
         metrics["loss_g"] = loss_g.item()
+        if feat is not None:
+            loss_feat = F.softplus(-feat).mean() * cfg.feature_d
+            loss_g = loss_g + loss_feat
+            metrics["feat_g"] = loss_feat.item()
         if cls is not None:
             # ... and G learns to draw what D names as the asked class
             loss_cls = F.cross_entropy(cls, c_fake.argmax(dim=1))
@@ -300,6 +366,15 @@ class Trainer:
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
             "pl_mean": self.pl_mean,
+            **(
+                {
+                    "F": self.F.state_dict(),
+                    "FD": self.FD.state_dict(),
+                    "opt_FD": self.opt_FD.state_dict(),
+                }
+                if self.FD is not None
+                else {}
+            ),
             "rng": {
                 **{k: g.get_state() for k, g in self.gens.items()},
                 "torch": torch.get_rng_state(),
@@ -317,6 +392,10 @@ class Trainer:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.pl_mean = state["pl_mean"]
+        if self.FD is not None:
+            self.F.load_state_dict(state["F"])
+            self.FD.load_state_dict(state["FD"])
+            self.opt_FD.load_state_dict(state["opt_FD"])
         for name, g in self.gens.items():
             g.set_state(state["rng"][name])
         torch.set_rng_state(state["rng"]["torch"])
@@ -436,6 +515,9 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
         out.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(config)
         monitor.save_reals(out / "samples" / "reals.png", config)
+        if trainer.FD is not None:
+            # part of the run's wall time, as a pretrained D would not be
+            trainer.elapsed += trainer.pretrain_features()
     (out / "config.json").write_text(config.to_json() + "\n")
     probe = monitor.Probe(config)
     late_from = config.late_from

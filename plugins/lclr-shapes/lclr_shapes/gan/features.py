@@ -1,0 +1,111 @@
+"""Discriminators on the features of a frozen, separately trained network.
+
+A pixel discriminator trained from scratch on about 300k images tells
+blobs from shapes late: the adversarial recipe's samples keep the right
+class and colour but soft outlines. Projected GANs (Sauer et al., 2021)
+and vision-aided GANs (Kumari et al., 2022) give D a head start by
+reading the images through a frozen pretrained network and training only
+light heads on its features. No pretrained network can be downloaded
+here, so the recipe trains its own first: a small
+:class:`~lclr_shapes.predictor.FactorPredictor` (width 8, not the
+evaluator's 16, and another seed), supervised on renders for a couple of
+minutes, which count into the run's wall time. Its weights travel in the
+training checkpoint, so a resumed run does not train it again.
+
+The heads read the backbone at 16, 8 and 4 pixels and its 128-unit
+feature vector; each is conditioned by projection, as the pixel D is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lclr_shapes.gan.networks import EqConv2d, EqLinear, halve, lrelu
+from lclr_shapes.predictor import SIZE, FactorPredictor
+
+TAPS = (6, 13, 20)
+"""Indices in the backbone's ``body`` after which its 16, 8 and 4 pixel
+feature maps are read (after each max pooling)."""
+
+
+def backbone_features(net: FactorPredictor, img: torch.Tensor) -> list[torch.Tensor]:
+    """The backbone's feature maps at 16, 8 and 4 pixels and its feature
+    vector, for ``(N, 3, H, W)`` images in [-1, 1] (resized to 32 pixels
+    first, as the predictor does)."""
+    if img.shape[-2:] != (SIZE, SIZE):
+        img = F.interpolate(img, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+    out = []
+    x = img
+    for i, layer in enumerate(net.body):
+        x = layer(x)
+        if i in TAPS:
+            out.append(x)
+    out.append(x)  # (N, 128)
+    return out
+
+
+class _MapHead(nn.Module):
+    """A 3x3 convolution, halvings down to 4 pixels, a dense layer."""
+
+    def __init__(self, in_ch: int, res: int, hidden: int):
+        super().__init__()
+        self.inp = EqConv2d(in_ch, hidden, 3)
+        self.convs = nn.ModuleList()
+        while res > 4:
+            self.convs.append(EqConv2d(hidden, hidden, 3))
+            res //= 2
+        self.fc = EqLinear(hidden * 16, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = lrelu(self.inp(x))
+        for conv in self.convs:
+            x = halve(lrelu(conv(x)))
+        return lrelu(self.fc(x.flatten(1)))
+
+
+class _VectorHead(nn.Module):
+    def __init__(self, in_dim: int, hidden: int):
+        super().__init__()
+        self.fc = EqLinear(in_dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lrelu(self.fc(x))
+
+
+class FeatureHeads(nn.Module):
+    """One conditional head per feature level of a width-``width`` backbone.
+
+    ``forward`` takes the list :func:`backbone_features` returns and the
+    ``(N, c_dim)`` one-hot classes and gives ``(N, levels)`` logits.
+    """
+
+    def __init__(self, width: int, c_dim: int, hidden: int = 64):
+        super().__init__()
+        levels = [(width, 16), (2 * width, 8), (4 * width, 4)]
+        heads: list[nn.Module] = [_MapHead(ch, res, hidden) for ch, res in levels]
+        heads.append(_VectorHead(128, hidden))
+        self.heads = nn.ModuleList(heads)
+        self.c_dim = c_dim
+        self.hidden = hidden
+        n_out = hidden if c_dim else 1
+        self.outs = nn.ModuleList(EqLinear(hidden, n_out) for _ in heads)
+        self.embeds = (
+            nn.ModuleList(EqLinear(c_dim, hidden) for _ in heads) if c_dim else None
+        )
+
+    def forward(
+        self, feats: list[torch.Tensor], c: torch.Tensor | None
+    ) -> torch.Tensor:
+        logits = []
+        for i, (head, out) in enumerate(zip(self.heads, self.outs)):
+            x = out(head(feats[i]))  # (N, hidden) or (N, 1)
+            if self.embeds is None:
+                logits.append(x[:, 0])
+            else:
+                cmap = self.embeds[i](c)
+                logits.append((x * cmap).sum(dim=1) / math.sqrt(self.hidden))
+        return torch.stack(logits, dim=1)
