@@ -112,3 +112,26 @@ def test_every_registered_option_class_is_frozen_attrs():
             if comp.options is not None:
                 assert attrs.has(comp.options), comp.name
                 assert comp.options.__attrs_attrs__ is not None
+
+
+@pytest.mark.parametrize(
+    "word, expected",
+    [
+        ("hart", ["heart"]),  # spelled alike
+        ("cres", ["crescent"]),  # a prefix
+        ("heart2", ["heart"]),  # contains a name
+        ("zzz", []),
+        ("", []),
+    ],
+)
+def test_close_matches_serve_every_unknown_name_hint(word, expected):
+    from lclr.errors import close_matches
+
+    assert close_matches(word, ["arrow", "ell", "heart", "crescent"]) == expected
+
+
+def test_close_matches_list_names_containing_the_word_first():
+    from lclr.errors import close_matches
+
+    names = ["screwdriver", "golden retriever", "labrador retriever"]
+    assert close_matches("retriever", names, n=2) == names[1:]

@@ -53,3 +53,18 @@ def choices(names) -> str:
     """``names`` as a sorted, comma-separated list for an error message."""
     names = sorted(names)
     return ", ".join(names) if names else "(none installed)"
+
+
+def close_matches(word: str, candidates, n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """Candidates a mistyped ``word`` may have meant, at most ``n``, each
+    once: those containing it, then those spelled alike (``difflib``), then
+    those it contains ("retriever" finds every retriever first)."""
+    import difflib
+
+    candidates = list(candidates)
+    if not word:
+        return []
+    near = [c for c in candidates if word in c]
+    near += difflib.get_close_matches(word, candidates, n=n, cutoff=cutoff)
+    near += [c for c in candidates if c in word]
+    return list(dict.fromkeys(near))[:n]

@@ -10,13 +10,12 @@ shown). A name matches any lemma, ignoring case, underscores and spacing.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.resources
 import re
 from collections.abc import Sequence
 
-from lclr.errors import ConfigError
+from lclr.errors import ConfigError, close_matches
 
 TABLE = "imagenet_classes.tsv"
 IMAGENET_CLASSES = 1000
@@ -65,8 +64,7 @@ def _own_class(label: str, names: Sequence[str]) -> int:
     key = _key(label)
     if key in keys:
         return keys.index(key)
-    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
-    near += [k for k in keys if key and (key in k or k in key)]
+    near = close_matches(key, keys, n=len(keys))
     listing = ", ".join(
         f"{names[i]} ({i})" for i in dict.fromkeys(map(keys.index, near))
     )
@@ -117,8 +115,7 @@ def resolve_class(
         raise ConfigError(
             f"class {label!r} is ambiguous: {_listing(found)}; give the index"
         )
-    near = [name for name in lemmas if key and key in name][:5]
-    near += difflib.get_close_matches(key, list(lemmas), n=5, cutoff=0.6)
+    near = close_matches(key, lemmas, n=5, cutoff=0.6)
     indices = list(dict.fromkeys(i for name in near for i in lemmas[name]))[:5]
     hint = f"close matches: {_listing(indices)}" if indices else "no close match"
     raise ConfigError(

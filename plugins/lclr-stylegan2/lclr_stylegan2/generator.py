@@ -8,7 +8,6 @@ outputs of the styled convolutions, named as in the checkpoint: ``conv1``
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lclr.errors import CheckpointError, ConfigError, choices
+from lclr.errors import CheckpointError, ConfigError, choices, close_matches
 from lclr.interfaces import Generator, layer_index, random_stream
 
 from .loading import EMBEDDED_WEIGHTS, architecture, load_checkpoint
@@ -116,7 +115,7 @@ class StyleGAN2Generator(Generator):
         if isinstance(label, int) and 0 <= label < c_dim:
             return label
         known = choices(names) if names else f"an index 0..{c_dim - 1}"
-        near = difflib.get_close_matches(str(label), names or [], n=3, cutoff=0.5)
+        near = close_matches(str(label), names or [])
         hint = f"did you mean {' or '.join(near)}? " if near else ""
         raise ConfigError(f"unknown class {label!r}; {hint}use {known}")
 
