@@ -316,3 +316,38 @@ def test_a_file_where_a_folder_is_needed_is_named(tmp_path, under):
     assert result.exit_code == 6
     assert f"{tmp_path / 'afile'} is a file, not a folder" in result.output
     assert (tmp_path / "afile").read_text() == "kept"
+
+
+@pytest.mark.parametrize(
+    "args, where",
+    [
+        (["run", "--steps", "3"], "lclr run"),  # no such option
+        (["run", "--batch-size", "x"], "lclr run"),  # not a number
+        (["shapes", "quality", "-n", "x"], "lclr shapes quality"),
+        (["bogus"], "lclr"),  # no such command
+        (["--bogus"], "lclr"),  # an option of lclr itself
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_help(args, where):
+    result = CliRunner().invoke(cli, args, prog_name="lclr")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and f"See '{where} --help'." in lines[0]
+
+
+def test_the_recipe_command_reports_usage_errors_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lclr_shapes.gan.train", "--out", str(tmp_path)]
+        + ["--batch-size", "q"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "Error: Invalid value for '--batch-size': 'q' is not a valid integer. "
+        "See 'python -m lclr_shapes.gan.train --help'."
+    ]

@@ -56,11 +56,24 @@ class LclrGroup(click.Group):
             command = super().get_command(ctx, name)
         return command
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            # a bad option of lclr itself (those of commands: invoke below)
+            click.echo(usage_line(exc, info_name or "lclr"), err=True)
+            sys.exit(exc.exit_code)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except LclrError as exc:
             click.echo(f"Error{_rank_note()}: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # a bad option or value of a command: one line, not click's
+            # usage block, naming where the options are listed
+            click.echo(usage_line(exc, ctx.command_path), err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
@@ -69,6 +82,13 @@ class LclrGroup(click.Group):
             # A file system refusal (read-only, not a folder, disk full...).
             click.echo(f"Error: {_os_error_line(exc)}", err=True)
             ctx.exit(6)
+
+
+def usage_line(exc: click.UsageError, command_path: str) -> str:
+    """A bad option or value as one line that says where the options are
+    listed (``command_path`` when the error carries no context)."""
+    where = exc.ctx.command_path if exc.ctx is not None else command_path
+    return f"Error: {exc.format_message()} See '{where} --help'."
 
 
 def _os_error_line(exc: OSError) -> str:

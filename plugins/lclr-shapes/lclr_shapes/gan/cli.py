@@ -21,10 +21,14 @@ def main(command: click.Command, prog_name: str) -> None:
 
     The same handling ``lclr`` gives its commands, for ``python -m``.
     """
+    from lclr.cli import usage_line
     from lclr.errors import LclrError
 
     try:
         command.main(prog_name=prog_name, standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(usage_line(exc, prog_name), err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
