@@ -9,6 +9,7 @@ from click.testing import CliRunner
 import lclr
 from lclr.cli import cli
 from lclr.errors import CheckpointError, ConfigError
+from lclr.interfaces import weights_sha256
 from lclr_biggan import generator as biggan_generator
 from lclr_biggan.loading import CONFIG_NAME, EMBEDDED_WEIGHTS, WEIGHTS_NAME
 from lclr_shapes.render import SHAPES
@@ -30,6 +31,11 @@ def test_embedded_weights_are_small_and_documented():
 def test_embedded_generator_names_the_shapes():
     g = lclr.create_generator("biggan")
     assert g.describe()["class_names"] == list(SHAPES)
+    # the digest a run records, to notice replaced weights
+    digest = weights_sha256(
+        EMBEDDED_WEIGHTS / CONFIG_NAME, EMBEDDED_WEIGHTS / WEIGHTS_NAME
+    )
+    assert g.describe()["sha256"] == digest
     images = g.synthesize(g.sample_latent(4, seed=0))
     assert images.shape == (4, 3, 32, 32)
     assert images.min() >= 0 and images.max() <= 1

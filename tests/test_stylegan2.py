@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lclr.errors import CheckpointError, ConfigError, UnknownComponentError
+from lclr.interfaces import weights_sha256
 from lclr_stylegan2 import loading
 from lclr_stylegan2.generator import StyleGAN2Generator, load_generator
 from lclr_stylegan2.loading import (
@@ -539,3 +540,39 @@ def test_plugin_import_is_light():
     code = "import sys, lclr_stylegan2.plugin; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_run_knows_when_its_weights_were_replaced(tmp_path, caplog):
+    # lclr render and eval used to draw with whatever file sat at the run's
+    # weights path; a replaced file now warns, and a resume is refused.
+    import logging
+
+    from click.testing import CliRunner
+
+    from lclr.api import load_run
+    from lclr.cli import cli
+
+    weights = save_checkpoint(tmp_path / "g.pt", tiny(), tiny().mean_latent(64))
+    run = tmp_path / "run"
+    args = ["-q", "run", "--generator", "stylegan2", "--weights", str(weights)]
+    args += ["--layer", "conv1", "-k", "2", "--batch-size", "2", "--no-render"]
+    result = CliRunner().invoke(cli, [*args, "--iterations", "2", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((run / "directions.json").read_text())
+    assert recorded["generator_info"]["sha256"] == weights_sha256(weights)
+    with caplog.at_level(logging.WARNING, logger="lclr"):
+        load_run(run)
+    assert not caplog.records  # the same file: nothing to say
+
+    other = tiny(seed=1)
+    save_checkpoint(weights, other, other.mean_latent(64))
+    with caplog.at_level(logging.WARNING, logger="lclr"):
+        load_run(run)
+    assert "not those the run was trained on" in caplog.text
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = CliRunner().invoke(
+        cli, ["-q", "run", "--resume", str(run), "--iterations", "4"]
+    )
+    assert result.exit_code == 4
+    assert result.output.count("\n") == 1 and "train a new run" in result.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from lclr import runfolder
 from lclr.config import RunConfig
 from lclr.errors import CheckpointError
 from lclr.training import build_components, compose_codes
+
+log = logging.getLogger(__name__)
 
 
 @attrs.define
@@ -63,6 +66,9 @@ def load_run(path: str | Path, *, device: str | None = None) -> LoadedRun:
     if (folder / runfolder.DIRECTIONS).exists():
         tensors, meta = runfolder.read_directions(folder)
         step = int(meta.get("step", 0))
+        changed = runfolder.weights_changed(meta, generator)
+        if changed:
+            log.warning("%s; its directions may not show in these images", changed)
     else:
         state = runfolder.load_state(folder / runfolder.STATE)
         tensors, meta, step = state["directions"], {}, int(state["step"])

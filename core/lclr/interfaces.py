@@ -17,6 +17,20 @@ from torch import nn
 from lclr.errors import UnknownComponentError
 
 
+def weights_sha256(*files) -> str:
+    """The SHA-256 of the bytes of ``files``, read in order: a generator
+    puts it in :meth:`Generator.describe` as ``sha256``, so that a run can
+    tell when the weights it was trained on have been replaced."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def layer_index(layers: Sequence[str], layer: str, owner: str) -> int:
     """Forward-order index of ``layer`` among ``owner``'s ``layers``, or one
     clear error that lists them."""

@@ -151,6 +151,23 @@ def read_directions(folder: Path) -> tuple[dict, dict]:
     return tensors, meta
 
 
+def weights_changed(meta: dict[str, Any], generator) -> str | None:
+    """What differs, in words, when ``generator``'s weights are not the
+    ones a run's directions ``meta`` recorded (by SHA-256), else None.
+
+    A run recorded before the digest existed, or a generator that gives
+    none, compares as unchanged.
+    """
+    then = (meta.get("generator_info") or {}).get("sha256")
+    now = generator.describe().get("sha256")
+    if not then or not now or then == now:
+        return None
+    return (
+        f"the {meta.get('generator', 'generator')} weights are not those the "
+        f"run was trained on (SHA-256 {now[:12]}, the run's {then[:12]})"
+    )
+
+
 def truncate_metrics(folder: Path, step: int) -> None:
     """Drop metric lines past ``step`` (logged after the last checkpoint)."""
     path = Path(folder) / METRICS

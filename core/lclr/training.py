@@ -167,6 +167,15 @@ def _train(config: RunConfig, folder: Path, *, resume: bool) -> RunState:
     created = False
     if resume:
         _restore(run, runfolder.load_state(folder / runfolder.STATE))
+        if (folder / runfolder.DIRECTIONS).exists():
+            changed = runfolder.weights_changed(
+                runfolder.read_directions(folder)[1], generator
+            )
+            if changed:
+                raise CheckpointError(
+                    f"{changed}, so {folder} cannot go on with them; resume "
+                    "with the run's own weights, or train a new run"
+                )
         if config.iterations <= run.step:
             raise ConfigError(
                 f"{folder} is already at step {run.step}; pass --iterations above "

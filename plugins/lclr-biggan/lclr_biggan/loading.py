@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from lclr.errors import CheckpointError
+from lclr.interfaces import weights_sha256
 
 from .model import BigGAN, BigGANConfig, check_config
 
@@ -333,7 +334,11 @@ def load_biggan(path: str | os.PathLike) -> Loaded:
     folded = fold_spectral_norm(state, spectral_prefixes(model), str(folder))
     model.load_state_dict(folded)
     model.requires_grad_(False).eval()
-    info = {"weights": str(folder), "config": attrs.asdict(config)}
+    info = {
+        "weights": str(folder),
+        "sha256": weights_sha256(folder / CONFIG_NAME, folder / WEIGHTS_NAME),
+        "config": attrs.asdict(config),
+    }
     if names:
         info["class_names"] = list(names)
     return Loaded(model, config, info, names)

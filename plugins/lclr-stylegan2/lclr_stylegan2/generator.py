@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lclr.errors import CheckpointError, ConfigError, choices, close_matches
-from lclr.interfaces import Generator, layer_index, random_stream
+from lclr.interfaces import Generator, layer_index, random_stream, weights_sha256
 
 from .loading import EMBEDDED_WEIGHTS, architecture, load_checkpoint
 from .model import StyleGAN2, truncate
@@ -258,7 +258,10 @@ def load_generator(
             "missing from this install; pass --weights with a checkpoint"
         )
     loaded = load_checkpoint(path, arch=arch, noise_seed=noise_seed)
-    info = {"weights": "embedded" if weights is None else str(path)}
+    info = {
+        "weights": "embedded" if weights is None else str(path),
+        "sha256": weights_sha256(path),
+    }
     if loaded.meta.get("source"):
         info["source"] = loaded.meta["source"]
     return StyleGAN2Generator(

@@ -13,7 +13,8 @@ minutes, which count into the run's wall time. Its weights travel in the
 training checkpoint, so a resumed run does not train it again.
 
 The heads read the backbone at 16, 8 and 4 pixels and its 128-unit
-feature vector; each is conditioned by projection, as the pixel D is.
+feature vector; each is conditioned by projection and sees the minibatch
+standard deviation, as the pixel D does.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lclr_shapes.gan.networks import EqConv2d, EqLinear, halve, lrelu
+from lclr_shapes.gan.networks import EqConv2d, EqLinear, halve, lrelu, minibatch_stddev
 from lclr_shapes.predictor import SIZE, FactorPredictor
 
 TAPS = (6, 13, 20)
@@ -49,45 +50,58 @@ def backbone_features(net: FactorPredictor, img: torch.Tensor) -> list[torch.Ten
 
 
 class _MapHead(nn.Module):
-    """A 3x3 convolution, halvings down to 4 pixels, a dense layer."""
+    """A 3x3 convolution, halvings down to 4 pixels, the minibatch
+    standard deviation, a dense layer."""
 
-    def __init__(self, in_ch: int, res: int, hidden: int):
+    def __init__(self, in_ch: int, res: int, hidden: int, group: int):
         super().__init__()
+        self.group = group
         self.inp = EqConv2d(in_ch, hidden, 3)
         self.convs = nn.ModuleList()
         while res > 4:
             self.convs.append(EqConv2d(hidden, hidden, 3))
             res //= 2
-        self.fc = EqLinear(hidden * 16, hidden)
+        self.fc = EqLinear((hidden + 1) * 16, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = lrelu(self.inp(x))
         for conv in self.convs:
             x = halve(lrelu(conv(x)))
+        x = minibatch_stddev(x, self.group)
         return lrelu(self.fc(x.flatten(1)))
 
 
 class _VectorHead(nn.Module):
-    def __init__(self, in_dim: int, hidden: int):
+    """The minibatch standard deviation and a dense layer."""
+
+    def __init__(self, in_dim: int, hidden: int, group: int):
         super().__init__()
-        self.fc = EqLinear(in_dim, hidden)
+        self.group = group
+        self.fc = EqLinear(in_dim + 1, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = minibatch_stddev(x[:, :, None, None], self.group)[:, :, 0, 0]
         return lrelu(self.fc(x))
 
 
 class FeatureHeads(nn.Module):
     """One conditional head per feature level of a width-``width`` backbone.
 
+    Each sees the standard deviation of its features over the batch (groups
+    of up to ``group``), as the pixel D does: without it the heads judged
+    samples one by one, and G drew every sample of a class in one hue.
+
     ``forward`` takes the list :func:`backbone_features` returns and the
     ``(N, c_dim)`` one-hot classes and gives ``(N, levels)`` logits.
     """
 
-    def __init__(self, width: int, c_dim: int, hidden: int = 64):
+    def __init__(self, width: int, c_dim: int, hidden: int = 64, group: int = 32):
         super().__init__()
         levels = [(width, 16), (2 * width, 8), (4 * width, 4)]
-        heads: list[nn.Module] = [_MapHead(ch, res, hidden) for ch, res in levels]
-        heads.append(_VectorHead(128, hidden))
+        heads: list[nn.Module] = [
+            _MapHead(ch, res, hidden, group) for ch, res in levels
+        ]
+        heads.append(_VectorHead(128, hidden, group))
         self.heads = nn.ModuleList(heads)
         self.c_dim = c_dim
         self.hidden = hidden

@@ -118,7 +118,9 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.feature_seed)
                 self.F = FactorPredictor(width=config.feature_width)
-                self.FD = FeatureHeads(config.feature_width, self.c_dim)
+                self.FD = FeatureHeads(
+                    config.feature_width, self.c_dim, group=config.mbstd_group
+                )
             self.F.eval().requires_grad_(False)
             self.opt_FD = self._adam(self.FD, 0)
 
