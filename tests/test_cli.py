@@ -326,6 +326,9 @@ def test_a_file_where_a_folder_is_needed_is_named(tmp_path, under):
         (["shapes", "quality", "-n", "x"], "lclr shapes quality"),
         (["bogus"], "lclr"),  # no such command
         (["--bogus"], "lclr"),  # an option of lclr itself
+        (["run", "--generator"], "lclr run"),  # no value: the error has no ctx
+        (["shapes", "quality", "-n"], "lclr shapes quality"),
+        (["render", "a", "b"], "lclr render"),
     ],
 )
 def test_usage_errors_are_one_line_naming_the_help(args, where):
@@ -334,6 +337,14 @@ def test_usage_errors_are_one_line_naming_the_help(args, where):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
     assert lines[0].startswith("Error: ") and f"See '{where} --help'." in lines[0]
+    assert any(f"{end} See" in lines[0] for end in (".", "?", "?)"))
+
+
+@pytest.mark.parametrize("args", [[], ["shapes"]])
+def test_a_bare_group_prints_its_help_not_an_error(args):
+    # found in review: click's no-arguments help is a usage error too
+    result = CliRunner().invoke(cli, args, prog_name="lclr")
+    assert result.output.startswith("Usage: ") and "Error" not in result.output
 
 
 def test_the_recipe_command_reports_usage_errors_in_one_line(tmp_path):

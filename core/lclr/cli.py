@@ -59,21 +59,27 @@ class LclrGroup(click.Group):
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a bare group prints its help, as click does
         except click.UsageError as exc:
             # a bad option of lclr itself (those of commands: invoke below)
             click.echo(usage_line(exc, info_name or "lclr"), err=True)
             sys.exit(exc.exit_code)
 
     def invoke(self, ctx):
+        # the words naming the command, read before click consumes them
+        words = [*ctx._protected_args, *ctx.args]
         try:
             return super().invoke(ctx)
-        except LclrError as exc:
-            click.echo(f"Error{_rank_note()}: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
         except click.UsageError as exc:
             # a bad option or value of a command: one line, not click's
             # usage block, naming where the options are listed
-            click.echo(usage_line(exc, ctx.command_path), err=True)
+            click.echo(usage_line(exc, _command_path(ctx, words)), err=True)
+            ctx.exit(exc.exit_code)
+        except LclrError as exc:
+            click.echo(f"Error{_rank_note()}: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
@@ -88,7 +94,24 @@ def usage_line(exc: click.UsageError, command_path: str) -> str:
     """A bad option or value as one line that says where the options are
     listed (``command_path`` when the error carries no context)."""
     where = exc.ctx.command_path if exc.ctx is not None else command_path
-    return f"Error: {exc.format_message()} See '{where} --help'."
+    message = exc.format_message().rstrip()
+    # "... (Did you mean '--seed'?)" ends a sentence; "... argument (b)" not
+    stop = "" if message.rstrip(")").endswith((".", "?", "!")) else "."
+    return f"Error: {message}{stop} See '{where} --help'."
+
+
+def _command_path(ctx: click.Context, words: list[str]) -> str:
+    """The path of the command ``words`` name under ``ctx``'s group (an
+    option given no value raises an error that carries no context)."""
+    command, path = ctx.command, [ctx.command_path]
+    for word in words:
+        if not isinstance(command, click.Group):
+            break
+        command = command.get_command(ctx, word)
+        if command is None:
+            break
+        path.append(word)
+    return " ".join(path)
 
 
 def _os_error_line(exc: OSError) -> str:
