@@ -32,9 +32,7 @@ def test_embedded_generator_names_the_shapes():
     g = lclr.create_generator("biggan")
     assert g.describe()["class_names"] == list(SHAPES)
     # the digest a run records, to notice replaced weights
-    digest = weights_sha256(
-        EMBEDDED_WEIGHTS / CONFIG_NAME, EMBEDDED_WEIGHTS / WEIGHTS_NAME
-    )
+    digest = weights_sha256(EMBEDDED_WEIGHTS / WEIGHTS_NAME)
     assert g.describe()["sha256"] == digest
     images = g.synthesize(g.sample_latent(4, seed=0))
     assert images.shape == (4, 3, 32, 32)

@@ -574,5 +574,20 @@ def test_a_run_knows_when_its_weights_were_replaced(tmp_path, caplog):
         cli, ["-q", "run", "--resume", str(run), "--iterations", "4"]
     )
     assert result.exit_code == 4
-    assert result.output.count("\n") == 1 and "train a new run" in result.output
+    assert result.output.count("\n") == 1
+    assert f"put the run's own file back at {weights}" in result.output
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_replaced_embedded_weights_are_named_as_such(gen):
+    from lclr.runfolder import weights_changed
+
+    gen.info["sha256"] = "b" * 64
+    meta = {"generator": "stylegan2", "weights": None, "generator_info": {}}
+    assert weights_changed(meta, gen) is None  # a run recorded before digests
+    meta["generator_info"]["sha256"] = "b" * 64
+    assert weights_changed(meta, gen) is None
+    meta["generator_info"]["sha256"] = "a" * 64
+    message = weights_changed(meta, gen)
+    assert message.startswith("the embedded stylegan2 weights have changed")
+    assert "bbbbbbbbbbbb, the run's aaaaaaaaaaaa" in message

@@ -158,13 +158,20 @@ def weights_changed(meta: dict[str, Any], generator) -> str | None:
     A run recorded before the digest existed, or a generator that gives
     none, compares as unchanged.
     """
-    then = (meta.get("generator_info") or {}).get("sha256")
-    now = generator.describe().get("sha256")
+    info = meta.get("generator_info") or {}
+    then, now = info.get("sha256"), generator.describe().get("sha256")
     if not then or not now or then == now:
         return None
+    name = meta.get("generator", "generator")
+    digests = f"SHA-256 {now[:12]}, the run's {then[:12]}"
+    if meta.get("weights") is None:
+        return (
+            f"the embedded {name} weights have changed since the run was "
+            f"trained ({digests}; a new version of the plugin ships new ones)"
+        )
     return (
-        f"the {meta.get('generator', 'generator')} weights are not those the "
-        f"run was trained on (SHA-256 {now[:12]}, the run's {then[:12]})"
+        f"the {name} weights at {meta['weights']} are not those the run was "
+        f"trained on ({digests})"
     )
 
 

@@ -30,7 +30,7 @@ from lclr.errors import (
     LclrError,
     ProcessGroupError,
 )
-from lclr.interfaces import layer_index
+from lclr.interfaces import Generator, layer_index
 from lclr.registry import get_registry, options_dict
 
 log = logging.getLogger(__name__)
@@ -168,14 +168,7 @@ def _train(config: RunConfig, folder: Path, *, resume: bool) -> RunState:
     if resume:
         _restore(run, runfolder.load_state(folder / runfolder.STATE))
         if (folder / runfolder.DIRECTIONS).exists():
-            changed = runfolder.weights_changed(
-                runfolder.read_directions(folder)[1], generator
-            )
-            if changed:
-                raise CheckpointError(
-                    f"{changed}, so {folder} cannot go on with them; resume "
-                    "with the run's own weights, or train a new run"
-                )
+            _check_same_weights(folder, generator)
         if config.iterations <= run.step:
             raise ConfigError(
                 f"{folder} is already at step {run.step}; pass --iterations above "
@@ -372,6 +365,19 @@ def export_meta(run: RunState) -> dict[str, Any]:
 def options_dict_of(model, given: dict) -> dict:
     options = getattr(model, "options", None)
     return options_dict(options) if attrs.has(type(options)) else dict(given)
+
+
+def _check_same_weights(folder: Path, generator: Generator) -> None:
+    """Refuse to resume a run on weights other than its own."""
+    meta = runfolder.read_directions(folder)[1]
+    changed = runfolder.weights_changed(meta, generator)
+    if not changed:
+        return
+    if meta.get("weights") is None:
+        remedy = "train a new run"
+    else:
+        remedy = f"put the run's own file back at {meta['weights']}, or train a new run"
+    raise CheckpointError(f"{changed}, so {folder} cannot go on with them; {remedy}")
 
 
 def _restore(run: RunState, state: dict) -> None:

@@ -336,7 +336,8 @@ def load_biggan(path: str | os.PathLike) -> Loaded:
     model.requires_grad_(False).eval()
     info = {
         "weights": str(folder),
-        "sha256": weights_sha256(folder / CONFIG_NAME, folder / WEIGHTS_NAME),
+        # the tensors only: config.json may gain class_names or be reformatted
+        "sha256": weights_sha256(folder / WEIGHTS_NAME),
         "config": attrs.asdict(config),
     }
     if names:

@@ -257,11 +257,10 @@ def load_generator(
             f"the embedded stylegan2 weights ({EMBEDDED_WEIGHTS.name}) are "
             "missing from this install; pass --weights with a checkpoint"
         )
+    # hashed before loading (a missing file gets the loader's own error)
+    digest = weights_sha256(path) if os.path.isfile(path) else None
     loaded = load_checkpoint(path, arch=arch, noise_seed=noise_seed)
-    info = {
-        "weights": "embedded" if weights is None else str(path),
-        "sha256": weights_sha256(path),
-    }
+    info = {"weights": "embedded" if weights is None else str(path), "sha256": digest}
     if loaded.meta.get("source"):
         info["source"] = loaded.meta["source"]
     return StyleGAN2Generator(
