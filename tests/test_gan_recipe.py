@@ -137,7 +137,8 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
         {"late_from": 5, "late": {"mode_seeking": 0.2, "augment_p": 0.0}},
         {"arch": "biggan", "biggan_width": 8, "minutes": 1.5},
         {"pl_weight": 2.0, "r1_gamma": 1e-05},
-        {"feature_d": 2.0, "steps": 26000},
+        {"feature_d": 2.0, "steps": 24000},
+        {"feature_d": 1.0, "feature_width": 4, "feature_steps": 500},
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -694,3 +695,22 @@ def test_feature_heads_learn_at_every_d_step():
         trainer.train_step()
         moved = [not torch.equal(a, b) for a, b in zip(before, trainer.FD.parameters())]
         assert all(moved)
+
+
+def test_the_pretrained_feature_network_is_saved_before_the_first_step(
+    tmp_path, monkeypatch
+):
+    # found in review: a stop before the first 5-minute checkpoint lost the
+    # feature network's training and left a folder that could not resume
+    from lclr_shapes.gan.train import Trainer
+
+    torch.set_num_threads(1)
+
+    def stop(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(feature_d=1.0, feature_width=2, feature_steps=3), tmp_path)
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 0 and state["elapsed"] > 0 and "F" in state

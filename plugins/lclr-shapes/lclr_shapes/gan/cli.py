@@ -136,6 +136,8 @@ def config_fields(
     late_from,
     late,
     feature_d=None,
+    feature_width=None,
+    feature_steps=None,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
     given = {
@@ -146,6 +148,8 @@ def config_fields(
         "pl_weight": pl_weight,
         "biggan_width": biggan_width,
         "feature_d": feature_d,
+        "feature_width": feature_width,
+        "feature_steps": feature_steps,
         "late_from": late_from,
         "late": _late_settings(late) or None,
     }
@@ -214,6 +218,18 @@ def config_fields(
     "trained shapes network's features [0: off].",
 )
 @click.option(
+    "--feature-width",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Width of that network, a factor predictor [8].",
+)
+@click.option(
+    "--feature-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Its supervised training steps before the GAN's, batch 64 [3000].",
+)
+@click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=2,
@@ -235,6 +251,8 @@ def train_gan(
     late,
     biggan_width,
     feature_d,
+    feature_width,
+    feature_steps,
     threads,
     resume,
     quiet,
@@ -251,7 +269,8 @@ def train_gan(
     given = config_fields(
         arch=arch, seed=seed, batch_size=batch_size, r1_gamma=r1_gamma,
         pl_weight=pl_weight, biggan_width=biggan_width, late_from=late_from,
-        late=late, feature_d=feature_d,
+        late=late, feature_d=feature_d, feature_width=feature_width,
+        feature_steps=feature_steps,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 

@@ -42,6 +42,8 @@ FLAGS = {
     "pl_weight": "--pl-weight",
     "biggan_width": "--biggan-width",
     "feature_d": "--feature-d",
+    "feature_width": "--feature-width",
+    "feature_steps": "--feature-steps",
     "late_from": "--late-from",
     "late": "--late",
 }

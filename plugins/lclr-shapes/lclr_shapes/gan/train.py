@@ -139,8 +139,10 @@ class Trainer:
             self.config.feature_width,
             self.config.feature_steps,
         )
-        net = train_predictor(
+        net = train_predictor(  # every setting spelt out: the recipe's own
             steps=self.config.feature_steps,
+            batch_size=64,
+            lr=2e-3,
             seed=self.feature_seed,
             width=self.config.feature_width,
         )
@@ -518,8 +520,11 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
         trainer = Trainer(config)
         monitor.save_reals(out / "samples" / "reals.png", config)
         if trainer.FD is not None:
-            # part of the run's wall time, as a pretrained D would not be
+            # part of the run's wall time, as a pretrained D would not be;
+            # saved at once, so that a stop before the first checkpoint
+            # does not lose it
             trainer.elapsed += trainer.pretrain_features()
+            trainer.save(out)
     (out / "config.json").write_text(config.to_json() + "\n")
     probe = monitor.Probe(config)
     late_from = config.late_from
