@@ -165,7 +165,7 @@ def test_the_recorded_recipe_trains_the_same_config(changes):
 @pytest.mark.parametrize("plugin", ["lclr_stylegan2", "lclr_biggan"])
 def test_each_shipped_generator_records_the_recipe_export_writes(plugin):
     # The recorded command must train the shipped config with today's
-    # defaults; the defaults are the embedded StyleGAN2's own recipe.
+    # defaults (a field a config predates keeps its old meaning: off).
     from importlib.resources import files
 
     from lclr_shapes.gan.export import RECIPE, _recipe
@@ -174,8 +174,9 @@ def test_each_shipped_generator_records_the_recipe_export_writes(plugin):
     config = GanConfig(**facts["config"])
     assert facts["recipe"] == _recipe(config)
     if plugin == "lclr_stylegan2":
-        assert config == GanConfig()
-        assert facts["recipe"] == f"{RECIPE} --seed 0 --steps {config.steps}"
+        # try 8: the defaults with the feature heads, and its own steps
+        assert config == GanConfig(feature_d=2.0, steps=24850)
+        assert facts["recipe"] == f"{RECIPE} --seed 0 --feature-d 2.0 --steps 24850"
 
 
 def ctrl_c_after(monkeypatch, step: int, most: int | None = None) -> None:

@@ -86,7 +86,9 @@ BIGGAN_BLOCKS = (
 class GanConfig:
     """Everything that defines a training run of the shapes generator.
 
-    The defaults are the recipe that produced the embedded StyleGAN2;
+    The defaults are the recipe of the StyleGAN2 shipped before try 8; the
+    embedded one adds ``feature_d=2`` and trains 24,850 steps (a default
+    that changed would change the meaning of every config saved before);
     ``arch="biggan"`` trains a BigGAN-deep instead, with the ``biggan_``
     fields, and ignores the StyleGAN2-only ones (``n_mlp``, ``lr_mlp``,
     ``g_channels``, ``mixing``, ``pl_*``).
