@@ -35,7 +35,9 @@ from lclr.runfolder import save_state
 from lclr_shapes import render
 from lclr_shapes.gan.augment import augment
 from lclr_shapes.gan.config import GanConfig
+from lclr_shapes.gan.features import FeatureHeads, backbone_features
 from lclr_shapes.gan.networks import Discriminator
+from lclr_shapes.predictor import FactorPredictor, train_predictor
 from lclr_stylegan2.model import StyleGAN2
 
 logger = logging.getLogger(__name__)
@@ -112,9 +114,6 @@ class Trainer:
         # discriminator heads on a frozen backbone's features (optional)
         self.F = self.FD = self.opt_FD = None
         if config.feature_d:
-            from lclr_shapes.gan.features import FeatureHeads
-            from lclr_shapes.predictor import FactorPredictor
-
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.feature_seed)
                 self.F = FactorPredictor(width=config.feature_width)
@@ -131,8 +130,6 @@ class Trainer:
 
     def pretrain_features(self) -> float:
         """Train the feature backbone (supervised, on renders); seconds."""
-        from lclr_shapes.predictor import train_predictor
-
         started = time.monotonic()
         logger.info(
             "training the feature network (width %d, %d steps)",
@@ -226,8 +223,6 @@ class Trainer:
             logits, cls = self.D(img, c), None
         feat = None
         if features and self.FD is not None:
-            from lclr_shapes.gan.features import backbone_features
-
             feat = self.FD(backbone_features(self.F, img), c)
         return logits, cls, feat
 
