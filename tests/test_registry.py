@@ -120,6 +120,8 @@ def test_every_registered_option_class_is_frozen_attrs():
         ("hart", ["heart"]),  # spelled alike
         ("cres", ["crescent"]),  # a prefix
         ("heart2", ["heart"]),  # contains a name
+        ("HART", ["heart"]),  # case is ignored
+        ("Cres", ["crescent"]),
         ("zzz", []),
         ("", []),
     ],
@@ -128,6 +130,14 @@ def test_close_matches_serve_every_unknown_name_hint(word, expected):
     from lclr.errors import close_matches
 
     assert close_matches(word, ["arrow", "ell", "heart", "crescent"]) == expected
+
+
+def test_close_matches_give_the_candidates_as_spelled():
+    from lclr.errors import close_matches
+
+    assert close_matches("golden", ["Golden Retriever", "Tabby"]) == [
+        "Golden Retriever"
+    ]
 
 
 def test_close_matches_list_names_containing_the_word_first():

@@ -220,6 +220,13 @@ def test_class_labels():
     # found in review: a near miss got no suggestion, unlike BigGAN's classes
     with pytest.raises(ConfigError, match="did you mean square\\?"):
         StyleGAN2Generator(model, class_label="sqare", class_names=names)
+    # found in review: "Square" or " square" was unknown, and a misspelling
+    # in capitals ("SQARE") got no hint
+    for label in ("Square", " SQUARE "):
+        gen = StyleGAN2Generator(model, class_label=label, class_names=names)
+        assert gen.class_index == 1
+    with pytest.raises(ConfigError, match="did you mean square\\?"):
+        StyleGAN2Generator(model, class_label="SQARE", class_names=names)
     with pytest.raises(ConfigError, match="class_label"):
         StyleGAN2Generator(model, space="z")
     with pytest.raises(ConfigError, match="unconditional; drop class_label"):

@@ -58,13 +58,20 @@ def choices(names) -> str:
 def close_matches(word: str, candidates, n: int = 3, cutoff: float = 0.5) -> list[str]:
     """Candidates a mistyped ``word`` may have meant, at most ``n``, each
     once: those containing it, then those spelled alike (``difflib``), then
-    those it contains ("retriever" finds every retriever first)."""
+    those it contains ("retriever" finds every retriever first). Case is
+    ignored; the candidates come back as given."""
     import difflib
 
     candidates = list(candidates)
+    word = word.casefold()
     if not word:
         return []
-    near = [c for c in candidates if word in c]
-    near += difflib.get_close_matches(word, candidates, n=n, cutoff=cutoff)
-    near += [c for c in candidates if c in word]
-    return list(dict.fromkeys(near))[:n]
+    folded: dict[str, list[str]] = {}
+    for c in candidates:
+        folded.setdefault(c.casefold(), []).append(c)
+    keys = list(folded)
+    near = [k for k in keys if word in k]
+    near += difflib.get_close_matches(word, keys, n=n, cutoff=cutoff)
+    near += [k for k in keys if k in word]
+    found = [c for k in dict.fromkeys(near) for c in folded[k]]
+    return found[:n]

@@ -108,8 +108,14 @@ class StyleGAN2Generator(Generator):
                 "unconditional; drop class_label"
             )
         names = self.class_names
-        if isinstance(label, str) and label in names:
-            return names.index(label)
+        if isinstance(label, str) and names:
+            if label in names:
+                return names.index(label)
+            # "Heart" or " heart" for "heart", when only one name fits
+            folded = [name.casefold() for name in names]
+            key = label.strip().casefold()
+            if folded.count(key) == 1:
+                return folded.index(key)
         if isinstance(label, str) and label.strip().lstrip("-").isdigit():
             label = int(label)
         if isinstance(label, int) and 0 <= label < c_dim:
