@@ -139,6 +139,7 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
         {"pl_weight": 2.0, "r1_gamma": 1e-05},
         {"feature_d": 2.0, "steps": 24000},
         {"feature_d": 1.0, "feature_width": 4, "feature_steps": 500},
+        {"feature_d": 2.0, "ema_kimg": 5.0, "steps": 26000},
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -715,3 +716,29 @@ def test_the_pretrained_feature_network_is_saved_before_the_first_step(
         train(tiny(feature_d=1.0, feature_width=2, feature_steps=3), tmp_path)
     state = load_checkpoint(tmp_path)
     assert state["step"] == 0 and state["elapsed"] > 0 and "F" in state
+
+
+def test_the_feature_networks_minutes_are_reported_apart(tmp_path, caplog):
+    # found in review: export's seconds per step counted the feature
+    # network's pretraining as GAN steps, and --minutes shorter than that
+    # pretraining ended the run at step 0 without a word
+    from lclr_shapes.gan.export import export
+
+    torch.set_num_threads(1)
+    config = tiny(feature_d=1.0, feature_width=2, feature_steps=3, steps=None)
+    with caplog.at_level("WARNING", logger="lclr_shapes"):
+        short = train(attrs.evolve(config, minutes=1e-9), tmp_path / "run")
+    assert short.step == 0
+    assert "no GAN step was trained; resume with more" in caplog.text
+    assert "--resume --minutes M" in caplog.text
+    pretraining = load_checkpoint(tmp_path / "run")["feature_seconds"]
+    assert pretraining > 0
+    # the warned-of resume works, and pretrains nothing again
+    resumed = train(attrs.evolve(config, steps=3), tmp_path / "run", resume=True)
+    assert resumed.step == 3 and resumed.feature_seconds == pretraining
+
+    export(tmp_path / "run", tmp_path / "out", name="tiny")
+    facts = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert facts["feature_network_minutes"] == round(pretraining / 60, 2)
+    gan_seconds = load_checkpoint(tmp_path / "run")["elapsed"] - pretraining
+    assert facts["sec_per_step"] == pytest.approx(gan_seconds / 3, rel=1e-3)

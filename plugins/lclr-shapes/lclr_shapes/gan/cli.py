@@ -138,6 +138,7 @@ def config_fields(
     feature_d=None,
     feature_width=None,
     feature_steps=None,
+    ema_kimg=None,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
     given = {
@@ -150,6 +151,7 @@ def config_fields(
         "feature_d": feature_d,
         "feature_width": feature_width,
         "feature_steps": feature_steps,
+        "ema_kimg": ema_kimg,
         "late_from": late_from,
         "late": _late_settings(late) or None,
     }
@@ -230,6 +232,12 @@ def config_fields(
     help="Its supervised training steps before the GAN's, batch 64 [3000].",
 )
 @click.option(
+    "--ema-kimg",
+    type=float,
+    default=None,
+    help="Half-life of G's moving average, in thousands of images [10].",
+)
+@click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=2,
@@ -253,6 +261,7 @@ def train_gan(
     feature_d,
     feature_width,
     feature_steps,
+    ema_kimg,
     threads,
     resume,
     quiet,
@@ -270,7 +279,7 @@ def train_gan(
         arch=arch, seed=seed, batch_size=batch_size, r1_gamma=r1_gamma,
         pl_weight=pl_weight, biggan_width=biggan_width, late_from=late_from,
         late=late, feature_d=feature_d, feature_width=feature_width,
-        feature_steps=feature_steps,
+        feature_steps=feature_steps, ema_kimg=ema_kimg,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 

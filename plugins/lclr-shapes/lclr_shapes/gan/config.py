@@ -44,6 +44,7 @@ FLAGS = {
     "feature_d": "--feature-d",
     "feature_width": "--feature-width",
     "feature_steps": "--feature-steps",
+    "ema_kimg": "--ema-kimg",
     "late_from": "--late-from",
     "late": "--late",
 }
@@ -140,7 +141,7 @@ class GanConfig:
     """Differentiable augmentations applied before D, in order."""
     augment_p: float = attrs.field(default=0.5, validator=_probability)
     """Probability of each augmentation, per sample."""
-    ema_kimg: float = 10.0
+    ema_kimg: float = attrs.field(default=10.0, validator=_positive)
     """Half-life of G's moving average, in thousands of images."""
     ema_rampup: float = 0.05
     """Half-life at most this share of the images seen so far (or 0)."""

@@ -54,8 +54,9 @@ def _recipe(config: GanConfig) -> str:
     return " ".join(parts)
 
 
-def _speeds(run_dir: Path) -> dict[str, float | None]:
-    """Seconds per step: the mean over the run, and the median of the logged
+def _speeds(run_dir: Path, feature_seconds: float) -> dict[str, float | None]:
+    """Seconds per step: the mean over the run (less the ``feature_seconds``
+    of pretraining the feature network), and the median of the logged
     windows (what the run costs when nothing else shares the cores, as long
     as most windows had them to itself)."""
     path = run_dir / "metrics.jsonl"
@@ -68,7 +69,8 @@ def _speeds(run_dir: Path) -> dict[str, float | None]:
     windows = sorted(r["sec_per_step"] for r in records if "sec_per_step" in r)
     median = windows[len(windows) // 2] if windows else None
     return {
-        "sec_per_step": records[-1]["minutes"] * 60 / records[-1]["step"],
+        "sec_per_step": (records[-1]["minutes"] * 60 - feature_seconds)
+        / records[-1]["step"],
         "median_sec_per_step": median,
     }
 
@@ -115,6 +117,8 @@ def export(
 
     steps, nimg = int(state["step"]), int(state["nimg"])
     minutes = float(state["elapsed"]) / 60
+    # recorded since the feature network's pretraining was timed apart
+    feature_seconds = float(state.get("feature_seconds", 0.0))
     finished = config.minutes is not None and minutes >= config.minutes
     finished = finished or (config.steps is not None and steps >= config.steps)
     provenance = {
@@ -123,12 +127,19 @@ def export(
         "steps": steps,
         "images_seen": nimg,
         "minutes": round(minutes, 2),
-        **_speeds(run_dir),
+        **(
+            {"feature_network_minutes": round(feature_seconds / 60, 2)}
+            if feature_seconds
+            else {}
+        ),
+        **_speeds(run_dir, feature_seconds),
         "finished": finished,
     }
     median = provenance["median_sec_per_step"]
     if median is not None:
-        provenance["minutes_at_median_speed"] = round(steps * median / 60, 1)
+        provenance["minutes_at_median_speed"] = round(
+            (steps * median + feature_seconds) / 60, 1
+        )
     if config.arch == "biggan":
         return _export_biggan(G, config, provenance, dest, name, force)
     from lclr_stylegan2.loading import EMBEDDED_WEIGHTS, save_checkpoint

@@ -124,6 +124,7 @@ class Trainer:
         self.step = 0
         self.nimg = 0
         self.elapsed = 0.0
+        self.feature_seconds = 0.0  # of elapsed, spent pretraining the features
         self.pl_mean = torch.zeros(())
         # the settings after late_from, made once (the same config if none)
         self._late = config.at_step(config.late_from or 0)
@@ -163,7 +164,8 @@ class Trainer:
         )
         self.F.load_state_dict(net.state_dict())
         self.F.eval().requires_grad_(False)
-        return time.monotonic() - started
+        self.feature_seconds = time.monotonic() - started
+        return self.feature_seconds
 
     def _adam(
         self, net: nn.Module, interval: int, lr: float | None = None
@@ -377,6 +379,7 @@ class Trainer:
             "step": self.step,
             "nimg": self.nimg,
             "elapsed": self.elapsed,
+            "feature_seconds": self.feature_seconds,
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "G_ema": self.G_ema.state_dict(),
@@ -403,6 +406,8 @@ class Trainer:
         self.step = int(state["step"])
         self.nimg = int(state["nimg"])
         self.elapsed = float(state["elapsed"])
+        # absent from checkpoints written before it was recorded
+        self.feature_seconds = float(state.get("feature_seconds", 0.0))
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.G_ema.load_state_dict(state["G_ema"])
@@ -538,6 +543,15 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
             # does not lose it
             trainer.elapsed += trainer.pretrain_features()
             trainer.save(out)
+            if limit_reached(config, 0, trainer.elapsed) == "minutes":
+                logger.warning(
+                    "the feature network's training took %.1f of the run's "
+                    "%g minutes, so no GAN step was trained; resume with more: "
+                    "python -m lclr_shapes.gan.train --out %s --resume --minutes M",
+                    trainer.elapsed / 60,
+                    config.minutes,
+                    out,
+                )
     (out / "config.json").write_text(config.to_json() + "\n")
     probe = monitor.Probe(config)
     late_from = config.late_from
