@@ -175,9 +175,14 @@ def test_each_shipped_generator_records_the_recipe_export_writes(plugin):
     config = GanConfig(**facts["config"])
     assert facts["recipe"] == _recipe(config)
     if plugin == "lclr_stylegan2":
-        # try 8: the defaults with the feature heads, and its own steps
-        assert config == GanConfig(feature_d=2.0, steps=24850)
-        assert facts["recipe"] == f"{RECIPE} --seed 0 --feature-d 2.0 --steps 24850"
+        # try 9: the defaults with the feature heads and a 5 kimg moving
+        # average, stopped by its 89.7 minutes (at step 25,111)
+        assert config == GanConfig(
+            feature_d=2.0, ema_kimg=5.0, minutes=89.7, steps=27000
+        )
+        flags = "--seed 0 --feature-d 2.0 --ema-kimg 5.0 --minutes 89.7 --steps 27000"
+        assert facts["recipe"] == f"{RECIPE} {flags}"
+        assert facts["steps"] == 25111 and facts["minutes"] <= 90
 
 
 def ctrl_c_after(monkeypatch, step: int, most: int | None = None) -> None:
@@ -742,3 +747,58 @@ def test_the_feature_networks_minutes_are_reported_apart(tmp_path, caplog):
     assert facts["feature_network_minutes"] == round(pretraining / 60, 2)
     gan_seconds = load_checkpoint(tmp_path / "run")["elapsed"] - pretraining
     assert facts["sec_per_step"] == pytest.approx(gan_seconds / 3, rel=1e-3)
+
+    # a checkpoint from before the time was recorded: unknown, not zero
+    state = load_checkpoint(tmp_path / "run")
+    del state["feature_seconds"]
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    resumed = train(attrs.evolve(config, steps=4), tmp_path / "run", resume=True)
+    assert resumed.feature_seconds is None
+    export(tmp_path / "run", tmp_path / "out", name="old")
+    facts = json.loads((tmp_path / "out" / "old.json").read_text())
+    assert facts["feature_network_minutes"] is None
+
+
+@pytest.mark.parametrize(
+    "typed", [["lclr", "shapes", "train-gan"], ["python -m lclr_shapes.gan.train"]]
+)
+def test_the_hint_to_resume_names_the_command_as_typed(tmp_path, typed):
+    # found in review: `lclr shapes train-gan` told its user to resume with
+    # `python -m lclr_shapes.gan.train` (both work, but it is not what was typed)
+    from click.testing import CliRunner
+
+    from lclr.cli import cli
+    from lclr_shapes.gan.cli import train_gan
+
+    command, args = (cli, typed[1:]) if typed[0] == "lclr" else (train_gan, [])
+    out = tmp_path / "run"
+    args += ["--out", str(out), "--threads", "1", "-q", "--minutes", "1e-9"]
+    args += ["--feature-d", "1", "--feature-width", "2", "--feature-steps", "2"]
+    result = CliRunner().invoke(command, args, prog_name=typed[0])
+    assert result.exit_code == 0, result.output
+    hint = f"resume with more: {' '.join(typed)} --out {out} --resume --minutes M"
+    assert hint in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize("changes", [{}, {"feature_d": 1.0}, {"conditional": False}])
+def test_one_pass_of_d_on_both_batches_equals_two(changes):
+    # the D step judges generated and real images in one pass (faster on
+    # CPU); each half must still see only its own minibatch std
+    from lclr_shapes.gan.train import Trainer
+
+    torch.set_num_threads(1)
+    trainer = Trainer(tiny(feature_width=2, **changes))
+    n = trainer.config.batch
+    real, c_real = trainer.real_batch()
+    c_fake = trainer.sample_classes(n)
+    fake = torch.rand(n, 3, real.shape[2], real.shape[3]) * 2 - 1
+    state = trainer.gens["augment"].get_state()
+    logits_fake, _, feat_fake = trainer.discriminate(fake, c_fake)
+    logits_real, cls, feat_real = trainer.discriminate(real, c_real, with_class=True)
+    trainer.gens["augment"].set_state(state)
+    both = trainer.discriminate_both(fake, c_fake, real, c_real)
+    two = (logits_fake, logits_real, cls, feat_fake, feat_real)
+    for a, b in zip(both, two, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -549,6 +549,22 @@ def test_plugin_import_is_light():
     assert out.stdout.strip() == "False", out.stderr
 
 
+def _a_run_on_its_own_file(tmp_path):
+    """A 2-step run in ``tmp_path/run`` on a tiny StyleGAN2 saved at
+    ``tmp_path/g.pt``: ``(weights path, run folder)``."""
+    from click.testing import CliRunner
+
+    from lclr.cli import cli
+
+    weights = save_checkpoint(tmp_path / "g.pt", tiny(), tiny().mean_latent(64))
+    run = tmp_path / "run"
+    args = ["-q", "run", "--generator", "stylegan2", "--weights", str(weights)]
+    args += ["--layer", "conv1", "-k", "2", "--batch-size", "2", "--no-render"]
+    result = CliRunner().invoke(cli, [*args, "--iterations", "2", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    return weights, run
+
+
 def test_a_run_knows_when_its_weights_were_replaced(tmp_path, caplog):
     # lclr render and eval used to draw with whatever file sat at the run's
     # weights path; a replaced file now warns, and a resume is refused.
@@ -559,12 +575,7 @@ def test_a_run_knows_when_its_weights_were_replaced(tmp_path, caplog):
     from lclr.api import load_run
     from lclr.cli import cli
 
-    weights = save_checkpoint(tmp_path / "g.pt", tiny(), tiny().mean_latent(64))
-    run = tmp_path / "run"
-    args = ["-q", "run", "--generator", "stylegan2", "--weights", str(weights)]
-    args += ["--layer", "conv1", "-k", "2", "--batch-size", "2", "--no-render"]
-    result = CliRunner().invoke(cli, [*args, "--iterations", "2", "--out", str(run)])
-    assert result.exit_code == 0, result.output
+    weights, run = _a_run_on_its_own_file(tmp_path)
     recorded = json.loads((run / "directions.json").read_text())
     assert recorded["generator_info"]["sha256"] == weights_sha256(weights)
     with caplog.at_level(logging.WARNING, logger="lclr"):
@@ -584,6 +595,63 @@ def test_a_run_knows_when_its_weights_were_replaced(tmp_path, caplog):
     assert result.output.count("\n") == 1
     assert f"put the run's own file back at {weights}" in result.output
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_run_goes_on_from_its_weights_moved_elsewhere(tmp_path):
+    # found in review: a run whose checkpoint file had moved could not go on,
+    # although the digest it recorded tells which file is its own
+    from click.testing import CliRunner
+
+    from lclr.cli import cli
+
+    weights, run = _a_run_on_its_own_file(tmp_path)
+    moved = weights.rename(tmp_path / "moved.pt")
+    other = save_checkpoint(tmp_path / "o.pt", tiny(seed=1), tiny().mean_latent(64))
+    resume = ["-q", "run", "--resume", str(run), "--iterations"]
+
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = CliRunner().invoke(cli, [*resume, "4", "--weights", str(other)])
+    assert result.exit_code == 4 and result.output.count("\n") == 1
+    assert f"weights at {other} are not those the run was trained on" in result.output
+    assert f"put the run's own file back at {weights}" in result.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+    result = CliRunner().invoke(cli, [*resume, "4", "--weights", str(moved)])
+    assert result.exit_code == 0, result.output
+    for name in ("config.json", "directions.json"):
+        assert json.loads((run / name).read_text())["weights"] == str(moved)
+    # and the run remembers the new place
+    result = CliRunner().invoke(cli, [*resume, "5"])
+    assert result.exit_code == 0, result.output
+    # without the directions file (and its digest) nothing can be checked
+    (run / "directions.safetensors").unlink()
+    result = CliRunner().invoke(cli, [*resume, "6", "--weights", str(other)])
+    assert result.exit_code == 4 and result.output.count("\n") == 1
+    assert "has no directions.safetensors yet" in result.output
+    assert f"put its file back at {moved} and resume without --weights" in (
+        result.output
+    )
+
+
+def test_an_embedded_run_goes_on_with_a_copy_of_its_weights(tmp_path):
+    # the embedded file of a plugin upgraded since can be given as a copy
+    import shutil
+
+    from click.testing import CliRunner
+
+    from lclr.cli import cli
+    from lclr_stylegan2.loading import EMBEDDED_WEIGHTS
+
+    run = tmp_path / "run"
+    args = ["-q", "run", "--generator", "stylegan2", "--layer", "conv1", "-k", "2"]
+    args += ["--batch-size", "2", "--no-render", "--out", str(run)]
+    result = CliRunner().invoke(cli, [*args, "--iterations", "1"])
+    assert result.exit_code == 0, result.output
+    copy = shutil.copy(EMBEDDED_WEIGHTS, tmp_path / "old.pt")
+    resume = ["-q", "run", "--resume", str(run), "--iterations", "2"]
+    result = CliRunner().invoke(cli, [*resume, "--weights", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["weights"] == str(copy)
 
 
 def test_replaced_embedded_weights_are_named_as_such(gen):

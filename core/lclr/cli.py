@@ -25,7 +25,8 @@ log = logging.getLogger("lclr")
 
 # How a run computes, not what it learns: may change when resuming.
 HOW = ("device", "chunk_size", "max_memory", "autocast", "channels_last", "compile")
-RESUMABLE = {"iterations", "resume", "no_render", *HOW}
+# --weights too: the file may have moved (its SHA-256 must match the run's)
+RESUMABLE = {"iterations", "resume", "no_render", "weights", *HOW}
 
 
 class LclrGroup(click.Group):
@@ -287,6 +288,8 @@ def run(ctx, **opts):
 
         config = read_config(folder)
         changes = {n: opts[n] for n in ("iterations", *HOW) if n in given}
+        if "weights" in given:
+            changes["weights"] = os.path.abspath(opts["weights"])
         config = config.evolve(**changes)
     else:
         config = _config_from_options(opts, given)

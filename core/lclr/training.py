@@ -167,8 +167,7 @@ def _train(config: RunConfig, folder: Path, *, resume: bool) -> RunState:
     created = False
     if resume:
         _restore(run, runfolder.load_state(folder / runfolder.STATE))
-        if (folder / runfolder.DIRECTIONS).exists():
-            _check_same_weights(folder, generator)
+        _check_same_weights(folder, generator, config.weights)
         if config.iterations <= run.step:
             raise ConfigError(
                 f"{folder} is already at step {run.step}; pass --iterations above "
@@ -367,17 +366,45 @@ def options_dict_of(model, given: dict) -> dict:
     return options_dict(options) if attrs.has(type(options)) else dict(given)
 
 
-def _check_same_weights(folder: Path, generator: Generator) -> None:
-    """Refuse to resume a run on weights other than its own."""
+def _check_same_weights(folder: Path, generator: Generator, weights) -> None:
+    """Refuse to resume a run on weights other than its own. ``weights``,
+    the path the run now loads, may differ from the recorded one (the file
+    was moved) when its SHA-256 is the one the run recorded."""
+    recorded = runfolder.read_config(folder).weights
+    if not (folder / runfolder.DIRECTIONS).exists():
+        if weights != recorded:
+            raise CheckpointError(
+                f"{folder} has no {runfolder.DIRECTIONS} yet, so the weights at "
+                f"{weights} cannot be checked against its own; put its file back "
+                f"at {recorded} and resume without --weights, or train a new run"
+            )
+        return
     meta = runfolder.read_directions(folder)[1]
-    changed = runfolder.weights_changed(meta, generator)
+    back = f"put the run's own file back at {recorded}"
+    if weights != recorded:
+        then = (meta.get("generator_info") or {}).get("sha256")
+        if not then:
+            raise CheckpointError(
+                f"{folder} recorded no digest of its generator's weights, so the "
+                f"weights at {weights} cannot be checked against them; {back} "
+                "and resume without --weights, or train a new run"
+            )
+        if not generator.describe().get("sha256"):
+            raise CheckpointError(
+                f"the {meta.get('generator', 'generator')} plugin gives no digest "
+                f"of the weights at {weights}, so they cannot be checked against "
+                f"the run's; {back} and resume without --weights"
+            )
+    changed = runfolder.weights_changed({**meta, "weights": weights}, generator)
     if not changed:
         return
-    if meta.get("weights") is None:
-        remedy = "train a new run"
+    if recorded is None:
+        remedy = "give --weights a copy of the weights it was trained on"
     else:
-        remedy = f"put the run's own file back at {meta['weights']}, or train a new run"
-    raise CheckpointError(f"{changed}, so {folder} cannot go on with them; {remedy}")
+        remedy = f"{back} (or give its new place with --weights)"
+    raise CheckpointError(
+        f"{changed}, so {folder} cannot go on with them; {remedy}, or train a new run"
+    )
 
 
 def _restore(run: RunState, state: dict) -> None:

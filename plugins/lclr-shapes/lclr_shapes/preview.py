@@ -42,9 +42,16 @@ def write_grid(
     return save_grid(path, images, cols, zoom)
 
 
-def save_grid(path: str | Path, images: Tensor, cols: int, zoom: int = 1) -> Path:
+def save_grid(
+    path: str | Path,
+    images: Tensor,
+    cols: int,
+    zoom: int = 1,
+    labels: list[str] | None = None,
+) -> Path:
     """Save :func:`grid_image` of ``images``, each pixel a ``zoom`` square,
-    creating the folders above ``path``."""
+    creating the folders above ``path``; ``labels``, one per row, are
+    written in a margin on the left."""
     from PIL import Image
 
     image = grid_image(images, cols)
@@ -52,7 +59,28 @@ def save_grid(path: str | Path, images: Tensor, cols: int, zoom: int = 1) -> Pat
         image = image.resize(
             (image.width * zoom, image.height * zoom), Image.Resampling.NEAREST
         )
+    if labels:
+        image = _label_rows(image, labels, (images.shape[2] + 1) * zoom, zoom)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def _label_rows(image, labels: list[str], row_height: int, top: int):
+    """``image`` with a white margin on the left holding one label per row
+    of height ``row_height`` (the first row starting ``top`` pixels down),
+    each centred on its row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(image)
+    boxes = [draw.textbbox((0, 0), label, font=font) for label in labels]
+    margin = max(box[2] for box in boxes) + 8
+    out = Image.new("RGB", (image.width + margin, image.height), "white")
+    out.paste(image, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    for r, (label, box) in enumerate(zip(labels, boxes)):
+        y = top + r * row_height + (row_height - (box[3] - box[1])) // 2 - box[1]
+        draw.text((4, y), label, fill="black", font=font)
+    return out

@@ -170,10 +170,11 @@ def write_error_grid(
 ) -> Path:
     """A PNG of samples above their re-renders: for each predicted shape a
     pair of rows, ``cols`` of its samples from the lowest re-render error
-    (left) to the highest (right), at evenly spaced ranks."""
+    (left) to the highest (right), at evenly spaced ranks; the rows are
+    labelled with the shape's name and "re-render"."""
     from lclr_shapes.preview import save_grid
 
-    rows = []
+    rows, labels = [], []
     for s in range(len(SHAPES)):
         index = torch.nonzero(shapes == s).flatten()
         index = index[errors[index].argsort()]
@@ -181,7 +182,8 @@ def write_error_grid(
             index = index[torch.linspace(0, len(index) - 1, cols).round().long()]
         blank = torch.ones(cols - len(index), *images.shape[1:])
         rows += [torch.cat([images[index], blank]), torch.cat([renders[index], blank])]
-    return save_grid(path, torch.cat(rows).clamp(0, 1), cols, zoom)
+        labels += [SHAPES[s], "re-render"]
+    return save_grid(path, torch.cat(rows).clamp(0, 1), cols, zoom, labels=labels)
 
 
 # Fréchet distance ------------------------------------------------------------

@@ -304,7 +304,9 @@ def train_gan(
         check_new_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     _log_to(out / LOG, quiet)
-    trainer = train(config, out, resume=resume)
+    # hints to resume name the command used: python -m ... or lclr shapes ...
+    command = click.get_current_context().command_path
+    trainer = train(config, out, resume=resume, command=command)
     click.echo(
         f"{trainer.step} steps, {trainer.nimg / 1000:.1f} kimg, "
         f"{trainer.elapsed / 60:.1f} min; checkpoint in {out}"

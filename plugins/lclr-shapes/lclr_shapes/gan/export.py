@@ -117,8 +117,11 @@ def export(
 
     steps, nimg = int(state["step"]), int(state["nimg"])
     minutes = float(state["elapsed"]) / 60
-    # recorded since the feature network's pretraining was timed apart
-    feature_seconds = float(state.get("feature_seconds", 0.0))
+    # recorded since the feature network's pretraining was timed apart;
+    # None: a run with one, checkpointed before that (its time is unknown)
+    feature_seconds = state.get("feature_seconds")
+    if feature_seconds is None and not config.feature_d:
+        feature_seconds = 0.0
     finished = config.minutes is not None and minutes >= config.minutes
     finished = finished or (config.steps is not None and steps >= config.steps)
     provenance = {
@@ -128,17 +131,21 @@ def export(
         "images_seen": nimg,
         "minutes": round(minutes, 2),
         **(
-            {"feature_network_minutes": round(feature_seconds / 60, 2)}
-            if feature_seconds
+            {
+                "feature_network_minutes": None
+                if feature_seconds is None
+                else round(feature_seconds / 60, 2)
+            }
+            if config.feature_d
             else {}
         ),
-        **_speeds(run_dir, feature_seconds),
+        **_speeds(run_dir, feature_seconds or 0.0),
         "finished": finished,
     }
     median = provenance["median_sec_per_step"]
     if median is not None:
         provenance["minutes_at_median_speed"] = round(
-            (steps * median + feature_seconds) / 60, 1
+            (steps * median + (feature_seconds or 0.0)) / 60, 1
         )
     if config.arch == "biggan":
         return _export_biggan(G, config, provenance, dest, name, force)

@@ -63,11 +63,11 @@ class _MapHead(nn.Module):
             res //= 2
         self.fc = EqLinear((hidden + 1) * 16, hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
         x = lrelu(self.inp(x))
         for conv in self.convs:
             x = halve(lrelu(conv(x)))
-        x = minibatch_stddev(x, self.group)
+        x = minibatch_stddev(x, self.group, parts)
         return lrelu(self.fc(x.flatten(1)))
 
 
@@ -79,8 +79,8 @@ class _VectorHead(nn.Module):
         self.group = group
         self.fc = EqLinear(in_dim + 1, hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = minibatch_stddev(x[:, :, None, None], self.group)[:, :, 0, 0]
+    def forward(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
+        x = minibatch_stddev(x[:, :, None, None], self.group, parts)[:, :, 0, 0]
         return lrelu(self.fc(x))
 
 
@@ -92,7 +92,8 @@ class FeatureHeads(nn.Module):
     samples one by one, and G drew every sample of a class in one hue.
 
     ``forward`` takes the list :func:`backbone_features` returns and the
-    ``(N, c_dim)`` one-hot classes and gives ``(N, levels)`` logits.
+    ``(N, c_dim)`` one-hot classes and gives ``(N, levels)`` logits;
+    ``parts`` is :class:`~lclr_shapes.gan.networks.Discriminator`'s.
     """
 
     def __init__(self, width: int, c_dim: int, hidden: int = 64, group: int = 32):
@@ -112,11 +113,11 @@ class FeatureHeads(nn.Module):
         )
 
     def forward(
-        self, feats: list[torch.Tensor], c: torch.Tensor | None
+        self, feats: list[torch.Tensor], c: torch.Tensor | None, parts: int = 1
     ) -> torch.Tensor:
         logits = []
         for i, (head, out) in enumerate(zip(self.heads, self.outs)):
-            x = out(head(feats[i]))  # (N, hidden) or (N, 1)
+            x = out(head(feats[i], parts))  # (N, hidden) or (N, 1)
             if self.embeds is None:
                 logits.append(x[:, 0])
             else:

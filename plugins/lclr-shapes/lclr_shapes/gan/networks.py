@@ -81,11 +81,15 @@ class ResBlock(nn.Module):
         return (x + skip) / _SQRT2
 
 
-def minibatch_stddev(x: torch.Tensor, group: int = 4) -> torch.Tensor:
+def minibatch_stddev(x: torch.Tensor, group: int = 4, parts: int = 1) -> torch.Tensor:
     """Append one channel: the feature std over groups of samples.
 
-    The group is the largest divisor of N not above ``group``.
+    The group is the largest divisor of N not above ``group``. With
+    ``parts`` > 1 the batch is that many batches one after the other
+    (generated and real images in one pass), each with its own groups.
     """
+    if parts > 1:
+        return torch.cat([minibatch_stddev(p, group) for p in x.chunk(parts)])
     n, c, h, w = x.shape
     g = max(d for d in range(1, min(group, n) + 1) if n % d == 0)
     y = x.reshape(g, n // g, c, h, w)
@@ -137,18 +141,20 @@ class Discriminator(nn.Module):
         img: torch.Tensor,
         c: torch.Tensor | None = None,
         with_class: bool = False,
+        parts: int = 1,
     ):
         """``(N, 3, H, W)`` images in [-1, 1] and ``(N, c_dim)`` one-hot
         classes -> ``(N,)`` logits (real > 0).
 
         With ``with_class`` (conditional D only) it returns a pair: the
         logits and the ``(N, c_dim)`` class logits of the auxiliary
-        classifier.
+        classifier. ``parts`` batches of equal size may be judged in one
+        pass: each sees only its own minibatch standard deviation.
         """
         x = lrelu(self.from_rgb(img))
         for block in self.blocks:
             x = block(x)
-        x = minibatch_stddev(x, self.mbstd_group)  # (N, C+1, 4, 4)
+        x = minibatch_stddev(x, self.mbstd_group, parts)  # (N, C+1, 4, 4)
         x = lrelu(self.conv(x))
         h = lrelu(self.fc(x.flatten(1)))  # (N, C)
         x = self.out(h)  # (N, cmap_dim)

@@ -124,7 +124,8 @@ class Trainer:
         self.step = 0
         self.nimg = 0
         self.elapsed = 0.0
-        self.feature_seconds = 0.0  # of elapsed, spent pretraining the features
+        # of elapsed, spent pretraining the features (None: not recorded)
+        self.feature_seconds: float | None = 0.0
         self.pl_mean = torch.zeros(())
         # the settings after late_from, made once (the same config if none)
         self._late = config.at_step(config.late_from or 0)
@@ -246,6 +247,35 @@ class Trainer:
             feat = self.FD(backbone_features(self.F, img), c)
         return logits, cls, feat
 
+    def discriminate_both(self, fake, c_fake, real, c_real):
+        """:meth:`discriminate` of generated and real images in one pass of
+        each network (a batch twice the size runs faster than two on CPU),
+        each half with its own minibatch standard deviation, as in two
+        passes. The augmentation draws are those of two calls, fake first.
+        Returns ``(logits_fake, logits_real, cls_real, feat_fake,
+        feat_real)``; ``cls_real`` and the features as in ``discriminate``.
+        """
+        cfg = self.settings()
+        n = len(fake)
+        img = torch.cat(
+            [
+                augment(fake, cfg.augment, cfg.augment_p, self.gens["augment"]),
+                augment(real, cfg.augment, cfg.augment_p, self.gens["augment"]),
+            ]
+        )
+        c = None if c_fake is None else torch.cat([c_fake, c_real])
+        cls = None
+        if self.c_dim and cfg.class_loss:
+            logits, cls = self.D(img, c, with_class=True, parts=2)
+            cls = cls[n:]
+        else:
+            logits = self.D(img, c, parts=2)
+        feat = feat_real = None
+        if self.FD is not None:
+            feat = self.FD(backbone_features(self.F, img), c, parts=2)
+            feat, feat_real = feat[:n], feat[n:]
+        return logits[:n], logits[n:], cls, feat, feat_real
+
     # One step ---------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
@@ -263,8 +293,9 @@ class Trainer:
         c_fake = self.sample_classes(n)
         with torch.no_grad():
             fake, _, _ = self.generate(self.G, n, c_fake)
-        logits_fake, _, feat_fake = self.discriminate(fake, c_fake)
-        logits_real, cls, feat_real = self.discriminate(real, c_real, with_class=True)
+        logits_fake, logits_real, cls, feat_fake, feat_real = self.discriminate_both(
+            fake, c_fake, real, c_real
+        )
         loss_d = F.softplus(logits_fake).mean()
         if feat_fake is not None:
             # each head is a discriminator of its own; their mean is weighed
@@ -406,8 +437,9 @@ class Trainer:
         self.step = int(state["step"])
         self.nimg = int(state["nimg"])
         self.elapsed = float(state["elapsed"])
-        # absent from checkpoints written before it was recorded
-        self.feature_seconds = float(state.get("feature_seconds", 0.0))
+        # absent from checkpoints written before it was recorded: unknown
+        seconds = state.get("feature_seconds")
+        self.feature_seconds = None if seconds is None else float(seconds)
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.G_ema.load_state_dict(state["G_ema"])
@@ -508,14 +540,22 @@ def _done(trainer: Trainer) -> bool:
     return limit_reached(trainer.config, trainer.step, trainer.elapsed) is not None
 
 
-def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
+COMMAND = "python -m lclr_shapes.gan.train"
+"""How the messages that say how to resume spell the training command."""
+
+
+def train(
+    config: GanConfig, out: str | Path, resume: bool = False, command: str = COMMAND
+) -> Trainer:
     """Train (or resume) a run in folder ``out`` until its minutes or steps.
 
     Writes ``config.json``, ``checkpoint.pt`` every ``checkpoint_minutes``
     and at the end, ``metrics.jsonl`` and, every ``sample_minutes``, a
     sample grid and a collapse check under ``samples/``. With ``resume``
     the folder's checkpoint is loaded and ``config``'s ``minutes`` and
-    ``steps`` (the totals to reach) replace the saved ones.
+    ``steps`` (the totals to reach) replace the saved ones. ``command``
+    is how the hints to resume spell the command (``lclr shapes
+    train-gan`` when that is what the user typed).
     """
     from lclr_shapes.gan import monitor
 
@@ -547,9 +587,10 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
                 logger.warning(
                     "the feature network's training took %.1f of the run's "
                     "%g minutes, so no GAN step was trained; resume with more: "
-                    "python -m lclr_shapes.gan.train --out %s --resume --minutes M",
+                    "%s --out %s --resume --minutes M",
                     trainer.elapsed / 60,
                     config.minutes,
+                    command,
                     out,
                 )
     (out / "config.json").write_text(config.to_json() + "\n")
@@ -566,7 +607,7 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
     started = time.monotonic()
     base = trainer.elapsed
     last_ckpt = last_sample = trainer.elapsed
-    saved_step = trainer.step if resume else None
+    saved_step = trainer.step if resume or trainer.FD is not None else None
     window_t, window_steps = time.monotonic(), 0
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -644,7 +685,7 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
         # Ctrl-C: the step in flight was finished and saved
         raise RunInterrupted(
             f"stopped at step {trainer.step}; resume with: "
-            f"python -m lclr_shapes.gan.train --out {out} --resume"
+            f"{command} --out {out} --resume"
         )
     probe.report(trainer, out / "samples")
     logger.info(
@@ -659,4 +700,4 @@ def train(config: GanConfig, out: str | Path, resume: bool = False) -> Trainer:
 if __name__ == "__main__":
     from lclr_shapes.gan.cli import main, train_gan
 
-    main(train_gan, "python -m lclr_shapes.gan.train")
+    main(train_gan, COMMAND)
