@@ -238,13 +238,18 @@ class Trainer:
         logits on the same augmented images (else None)."""
         cfg = self.settings()
         img = augment(img, cfg.augment, cfg.augment_p, self.gens["augment"])
-        if with_class and self.c_dim and cfg.class_loss:
-            logits, cls = self.D(img, c, with_class=True)
+        return self._judge(img, c, with_class, features)
+
+    def _judge(self, img, c, with_class: bool, features: bool, parts: int = 1):
+        """D (and the feature heads) on augmented ``img``: what
+        :meth:`discriminate` returns; ``parts`` as in ``Discriminator``."""
+        if with_class and self.c_dim and self.settings().class_loss:
+            logits, cls = self.D(img, c, with_class=True, parts=parts)
         else:
-            logits, cls = self.D(img, c), None
+            logits, cls = self.D(img, c, parts=parts), None
         feat = None
         if features and self.FD is not None:
-            feat = self.FD(backbone_features(self.F, img), c)
+            feat = self.FD(backbone_features(self.F, img), c, parts=parts)
         return logits, cls, feat
 
     def discriminate_both(self, fake, c_fake, real, c_real):
@@ -264,17 +269,10 @@ class Trainer:
             ]
         )
         c = None if c_fake is None else torch.cat([c_fake, c_real])
-        cls = None
-        if self.c_dim and cfg.class_loss:
-            logits, cls = self.D(img, c, with_class=True, parts=2)
-            cls = cls[n:]
-        else:
-            logits = self.D(img, c, parts=2)
-        feat = feat_real = None
-        if self.FD is not None:
-            feat = self.FD(backbone_features(self.F, img), c, parts=2)
-            feat, feat_real = feat[:n], feat[n:]
-        return logits[:n], logits[n:], cls, feat, feat_real
+        logits, cls, feat = self._judge(img, c, True, True, parts=2)
+        cls = None if cls is None else cls[n:]
+        feat_fake, feat_real = (None, None) if feat is None else (feat[:n], feat[n:])
+        return logits[:n], logits[n:], cls, feat_fake, feat_real
 
     # One step ---------------------------------------------------------------
 
