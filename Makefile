@@ -6,7 +6,7 @@ VENV    ?= .venv
 PYTHON  ?= python3
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-PLUGINS := plugins/lclr-stylegan2 plugins/lclr-directions \
+PLUGINS := plugins/lclr-stylegan2 plugins/lclr-directions plugins/lclr-baselines \
            plugins/lclr-contrastive plugins/lclr-shapes plugins/lclr-biggan
 TESTKIT := tests/plugins/lclr-toy
 

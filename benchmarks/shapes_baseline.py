@@ -1,8 +1,10 @@
-"""LatentCLR against random directions on the embedded shapes generator.
+"""LatentCLR against random directions, GANSpace and SeFa on the embedded
+shapes generator.
 
-Trains one run per direction model and seed, scores each with the ``shapes``
-evaluator (which also scores K random directions of the same norm on the
-same samples), and prints a table. The figures in docs/shapes.md come from
+Trains one run per direction model and seed (``ganspace`` and ``sefa`` are
+fitted in closed form instead, from the same seed), scores each with the
+``shapes`` evaluator (which also scores K random directions of the same
+norm on the same samples), and prints a table. The figures in docs/shapes.md come from
 
     .venv/bin/python benchmarks/shapes_baseline.py --out build/baseline
 
@@ -26,7 +28,7 @@ from lclr.config import RunConfig
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/baseline"))
-    parser.add_argument("--directions", default="global,linear,nonlinear")
+    parser.add_argument("--directions", default="global,linear,nonlinear,ganspace,sefa")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--layer", default=None)
@@ -104,7 +106,7 @@ def table(rows: list[dict], args) -> str:
         f"{args.iterations} iterations, layer {args.layer or 'default'}, "
         f"generator {args.generator} {' '.join(args.generator_options)}".rstrip(),
         "",
-        "| direction model | LatentCLR score (mean ± sd) | random directions "
+        "| direction model | score (mean ± sd) | random directions "
         "(mean ± sd over sets) | seeds |",
         "| --- | --- | --- | --- |",
     ]

@@ -49,14 +49,16 @@ def test_the_readme_run_command_on_the_embedded_generator(tmp_path):
 
 
 def test_baseline_benchmark_runs_for_a_few_steps(tmp_path, monkeypatch, capsys):
-    argv = ["shapes_baseline.py", "--out", str(tmp_path), "--directions", "global",
-            "--seeds", "0", "--iterations", "2", "-k", "2",
+    argv = ["shapes_baseline.py", "--out", str(tmp_path), "--directions",
+            "global,ganspace,sefa", "--seeds", "0", "--iterations", "2", "-k", "2",
             "--threads", "1", "--random-sets", "2"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "benchmarks" / "shapes_baseline.py"), run_name="__main__")
-    assert "| global |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(f"| {name} |" in out for name in ("global", "ganspace", "sefa"))
     rows = json.loads((tmp_path / "baseline.json").read_text())
     assert len(rows[0]["random_scores"]) == 2
+    assert [r["direction"] for r in rows] == ["global", "ganspace", "sefa"]
 
 
 @pytest.mark.parametrize("arch", ["stylegan2", "biggan"])

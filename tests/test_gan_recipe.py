@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lclr.errors import RunFolderError
+from lclr.training import RunInterrupted
 from lclr_shapes.gan.augment import augment
 from lclr_shapes.gan.config import GanConfig
 from lclr_shapes.gan.networks import Discriminator, halve
@@ -441,8 +442,6 @@ def test_ctrl_c_saves_the_finished_step_and_resume_continues(tmp_path, monkeypat
     # Found in review: Ctrl-C lost everything since the last 5-minute
     # checkpoint. Now the step in flight finishes, is saved, and resume
     # reaches the same state as a run never stopped.
-    from lclr.training import RunInterrupted
-
     ctrl_c_after(monkeypatch, 2)
     with pytest.raises(RunInterrupted, match="--resume"):
         train(tiny(steps=5), tmp_path / "split")
@@ -704,23 +703,66 @@ def test_feature_heads_learn_at_every_d_step():
         assert all(moved)
 
 
+def abort_every_step(monkeypatch) -> None:
+    """A second Ctrl-C: KeyboardInterrupt in the middle of every GAN step."""
+    from lclr_shapes.gan.train import Trainer
+
+    torch.set_num_threads(1)
+
+    def abort(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step", abort)
+
+
 def test_the_pretrained_feature_network_is_saved_before_the_first_step(
     tmp_path, monkeypatch
 ):
     # found in review: a stop before the first 5-minute checkpoint lost the
     # feature network's training and left a folder that could not resume
-    from lclr_shapes.gan.train import Trainer
-
-    torch.set_num_threads(1)
-
-    def stop(self):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "train_step", stop)
-    with pytest.raises(KeyboardInterrupt):
+    abort_every_step(monkeypatch)
+    with pytest.raises(RunInterrupted, match="holds step 0; resume with: .* --resume"):
         train(tiny(feature_d=1.0, feature_width=2, feature_steps=3), tmp_path)
     state = load_checkpoint(tmp_path)
     assert state["step"] == 0 and state["elapsed"] > 0 and "F" in state
+
+
+def test_ctrl_c_in_the_feature_networks_training_leaves_a_folder_to_start_again(
+    tmp_path, monkeypatch
+):
+    # found in review: Ctrl-C while the feature network trained ended in a
+    # bare "interrupted" and left samples/reals.png behind, so the folder
+    # could neither resume (no checkpoint) nor start again (not empty)
+    import lclr_shapes.gan.train as gan_train
+
+    torch.set_num_threads(1)
+    config = tiny(feature_d=1.0, feature_width=2, feature_steps=3, steps=1)
+
+    def ctrl_c(**settings):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gan_train, "train_predictor", ctrl_c)
+        with pytest.raises(RunInterrupted, match="run the same command again"):
+            train(config, tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
+    assert train(config, tmp_path / "run").step == 1
+
+
+def test_a_second_ctrl_c_names_the_checkpoint_or_says_there_is_none(
+    tmp_path, monkeypatch
+):
+    # found in review: a second Ctrl-C (abort the step in flight) ended in a
+    # bare "interrupted", without saying what was kept or how to go on
+    with monkeypatch.context() as patch:
+        abort_every_step(patch)
+        with pytest.raises(RunInterrupted, match="first checkpoint.*delete it"):
+            train(tiny(steps=3), tmp_path / "fresh")
+    train(tiny(steps=2), tmp_path / "resumed")
+    abort_every_step(monkeypatch)
+    with pytest.raises(RunInterrupted, match="holds step 2; resume with"):
+        train(tiny(steps=4), tmp_path / "resumed", resume=True)
+    assert load_checkpoint(tmp_path / "resumed")["step"] == 2
 
 
 def test_the_feature_networks_minutes_are_reported_apart(tmp_path, caplog):

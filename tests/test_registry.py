@@ -92,7 +92,9 @@ def test_environment_variable_limits_the_plugins(monkeypatch):
 def test_unknown_names_list_the_choices():
     with pytest.raises(UnknownComponentError, match="installed: .*toy"):
         lclr.create_generator("stylegan3")
-    with pytest.raises(UnknownComponentError, match="installed: global, linear"):
+    with pytest.raises(
+        UnknownComponentError, match="installed: ganspace, global, linear"
+    ):
         lclr.create_direction_model("curved", k=2, latent_dim=4)
 
 

@@ -80,6 +80,41 @@ def test_ctrl_c_writes_a_checkpoint_and_resumes_exactly(tmp_path):
     )
 
 
+class AbortAt:
+    """A second Ctrl-C: KeyboardInterrupt in the middle of step ``at``."""
+
+    def __init__(self, step):
+        self.at = step
+
+    @hookimpl
+    def lclr_step_end(self, run, step, metrics):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_second_ctrl_c_keeps_the_last_checkpoint_and_says_so(tmp_path):
+    # found in review: an abort (second Ctrl-C) ended in a bare "interrupted";
+    # a new run aborted before its first checkpoint left a folder that could
+    # neither resume nor start again
+    registry = get_registry()
+    config = tiny_config(checkpoint_every=4)
+    registry.pm.register(AbortAt(6), name="abort")
+    try:
+        with pytest.raises(RunInterrupted, match="checkpoint of step 4 is kept"):
+            train(config, tmp_path / "late")
+        with pytest.raises(RunInterrupted, match="run the same command again"):
+            train(config.evolve(checkpoint_every=10), tmp_path / "early")
+    finally:
+        registry.pm.unregister(name="abort")
+    assert runfolder.load_state(tmp_path / "late" / runfolder.STATE)["step"] == 4
+    assert not (tmp_path / "early").exists()
+    train(config, tmp_path / "early")
+    train(config, tmp_path / "late", resume=True)
+    assert_same_tensors(
+        directions_of(tmp_path / "early")[0], directions_of(tmp_path / "late")[0]
+    )
+
+
 def test_resume_to_a_new_total(tmp_path):
     train(tiny_config(iterations=4), tmp_path / "r")
     run = train(tiny_config(iterations=9), tmp_path / "r", resume=True)

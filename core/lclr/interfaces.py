@@ -121,6 +121,15 @@ class Generator(nn.Module, abc.ABC):
         """Facts recorded in a run's metadata (resolution, provenance...)."""
         return {}
 
+    def latent_weights(self, codes: Sequence[int] | None = None) -> torch.Tensor | None:
+        """``(M, D)``: the weight rows that first act on a working-space code,
+        stacked, for the per-layer codes in ``codes`` (None: all of them).
+
+        Closed-form methods factorise it (the ``sefa`` direction model).
+        None, the default, when the network has no such linear first step.
+        """
+        return None
+
 
 class DirectionModel(nn.Module, abc.ABC):
     """K trainable edit directions in a latent space of size D.
@@ -130,6 +139,11 @@ class DirectionModel(nn.Module, abc.ABC):
 
     k: int
     latent_dim: int
+    closed_form: bool = False
+    """True for a model found in one go, not trained (GANSpace, SeFa): a run
+    builds it, calls ``fit(generator, layer=, sample=, edit_layers=)`` once
+    and saves it at step 0; ``sample(n)`` draws ``(n, D)`` codes from the
+    run's seed."""
 
     @abc.abstractmethod
     def forward(self, codes: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 class RunInterrupted(LclrError):
-    """Ctrl-C: a checkpoint was written and the run can be resumed."""
+    """Ctrl-C stopped a run; the message says what was kept and how to go on."""
 
     exit_code = 130
 
@@ -59,6 +59,8 @@ class RunState:
     streams: list[torch.Generator] = attrs.field(factory=list)
     """This process's latent seed streams (see lclr.distributed); [rng] if
     not given."""
+    saved_step: int | None = None
+    """The step of the last checkpoint written or resumed from."""
 
     def __attrs_post_init__(self):
         if not self.streams:
@@ -164,9 +166,12 @@ def _train(config: RunConfig, folder: Path, *, resume: bool) -> RunState:
     ]
     run = RunState(config, folder, generator, directions, objective, layer,
                    optimizer, scheduler, streams[0], streams=streams)  # fmt: skip
+    if getattr(directions, "closed_form", False):
+        return _fit(run, resume=resume)
     created = False
     if resume:
         _restore(run, runfolder.load_state(folder / runfolder.STATE))
+        run.saved_step = run.step
         _check_same_weights(folder, generator, config.weights)
         if config.iterations <= run.step:
             raise ConfigError(
@@ -197,11 +202,53 @@ def _train(config: RunConfig, folder: Path, *, resume: bool) -> RunState:
         elif not resume and world.writer:
             _remove_new_run(folder, created)
         raise
+    except KeyboardInterrupt:
+        # a second Ctrl-C drops the step in flight; the last checkpoint stays
+        if run.saved_step is None:
+            if not resume and world.writer:
+                _remove_new_run(folder, created)
+            raise RunInterrupted(
+                f"aborted at step {run.step}, before the first checkpoint; "
+                "nothing was kept, so run the same command again"
+            ) from None
+        raise RunInterrupted(
+            f"aborted at step {run.step}; the checkpoint of step {run.saved_step} "
+            f"is kept; resume with: {distributed.resume_command(folder)}"
+        ) from None
     if interrupted:
         raise RunInterrupted(
             f"interrupted at step {run.step}; checkpoint written; "
             f"resume with: {distributed.resume_command(folder)}"
         )
+    return run
+
+
+def _fit(run: RunState, *, resume: bool) -> RunState:
+    """A closed-form direction model: fitted once, saved at step 0."""
+    config, folder = run.config, run.folder
+    if resume:
+        raise ConfigError(
+            f"{folder} holds {config.direction} directions, found in closed "
+            "form: there is nothing to resume; start a new run to change them"
+        )
+    log.info(
+        "fitting %s directions in closed form; the objective and --iterations "
+        "are not used",
+        config.direction,
+    )
+    stream = torch.Generator().manual_seed(config.seed)
+    device = next(run.directions.parameters()).device
+
+    def sample(n: int) -> torch.Tensor:
+        return run.generator.sample_latent(n, generator=stream).to(device)
+
+    run.directions.fit(
+        run.generator, layer=run.layer, sample=sample, edit_layers=config.edit_layers
+    )
+    if distributed.current().writer:
+        folder.mkdir(parents=True, exist_ok=True)
+        runfolder.write_config(folder, config)
+    save_checkpoint(run)
     return run
 
 
@@ -318,6 +365,7 @@ def save_checkpoint(run: RunState) -> None:
     only rank 0 writes.
     """
     rngs = distributed.gather_states([s.get_state() for s in run.streams])
+    run.saved_step = run.step  # rank 0 writes it, the others know it was
     if not distributed.current().writer:
         return
     objective_state = {

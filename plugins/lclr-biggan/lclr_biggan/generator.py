@@ -31,7 +31,7 @@ from .loading import (
     WEIGHTS_NAME,
     load_biggan,
 )
-from .model import BigGAN, layer_shapes
+from .model import BigGAN, Block, layer_shapes
 from .plugin import truncation_value
 
 #: Codes are drawn from a standard normal cut at +-TRUNCATION_BOUND.
@@ -126,6 +126,21 @@ class BigGANGenerator(Generator):
             facts["class_name"] = class_name(self.class_index)
         facts.update(self.info)
         return facts
+
+    def latent_weights(self, codes: Sequence[int] | None = None) -> torch.Tensor:
+        """``(M, D)`` weights that read z, for SeFa: the columns for z of
+        ``gen_z`` (code 0) and of each block's class-conditional batch-norm
+        gains and biases (codes 1...), for the codes in ``codes`` (all when
+        None)."""
+        g = self.model.generator
+        readers = [[g.gen_z]]
+        for layer in g.layers:
+            if isinstance(layer, Block):  # not the attention
+                norms = (layer.bn_0, layer.bn_1, layer.bn_2, layer.bn_3)
+                readers.append([lin for bn in norms for lin in (bn.scale, bn.offset)])
+        chosen = range(self.num_codes) if codes is None else codes
+        d = self.latent_dim
+        return torch.cat([lin.weight[:, :d] for i in chosen for lin in readers[i]])
 
     # Sampling ------------------------------------------------------------
 

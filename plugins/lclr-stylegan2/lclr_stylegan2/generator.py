@@ -166,6 +166,23 @@ class StyleGAN2Generator(Generator):
         facts.update(self.info)
         return facts
 
+    def latent_weights(self, codes: Sequence[int] | None = None) -> torch.Tensor | None:
+        """``(M, D)`` style weights that read the codes in ``codes`` (all
+        when None), for SeFa; None in Z, where the mapping reads z first.
+
+        As in the SeFa authors' release, code ``i`` is read by the affine of
+        styled conv ``i``, and the last code (which no conv reads) by the
+        affine of the final to-RGB layer; the other to-RGB affines are left
+        out.
+        """
+        if self.space != "w":
+            return None
+        readers = [conv.conv.modulation for _, conv in self.model.styled_convs()]
+        last = self.model.to_rgbs[-1] if len(self.model.to_rgbs) else self.model.to_rgb1
+        readers.append(last.conv.modulation)
+        chosen = range(self.num_codes) if codes is None else codes
+        return torch.cat([readers[i].weight * readers[i].scale for i in chosen])
+
     # Sampling ------------------------------------------------------------
 
     def _classes(self, n: int, gen: torch.Generator) -> torch.Tensor | None:

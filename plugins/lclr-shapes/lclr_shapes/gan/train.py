@@ -18,6 +18,7 @@ Run it with ``python -m lclr_shapes.gan.train --out DIR`` or
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -538,6 +539,27 @@ def _done(trainer: Trainer) -> bool:
     return limit_reached(trainer.config, trainer.step, trainer.elapsed) is not None
 
 
+@contextlib.contextmanager
+def _abort_names_the_checkpoint(out: Path, command: str, saved_step):
+    """A second Ctrl-C (KeyboardInterrupt) drops the step in flight: say
+    which checkpoint is kept (``saved_step()``), or that there is none."""
+    from lclr.training import RunInterrupted
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        step = saved_step()
+        if step is None:
+            raise RunInterrupted(
+                f"aborted before the first checkpoint, so {out} holds nothing "
+                "to resume: delete it and train again"
+            ) from None
+        raise RunInterrupted(
+            f"aborted; {out / CHECKPOINT} holds step {step}; resume with: "
+            f"{command} --out {out} --resume"
+        ) from None
+
+
 COMMAND = "python -m lclr_shapes.gan.train"
 """How the messages that say how to resume spell the training command."""
 
@@ -555,6 +577,7 @@ def train(
     is how the hints to resume spell the command (``lclr shapes
     train-gan`` when that is what the user typed).
     """
+    from lclr.training import RunInterrupted, sigint_flag
     from lclr_shapes.gan import monitor
 
     out = Path(out)
@@ -574,12 +597,19 @@ def train(
         check_new_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(config)
-        monitor.save_reals(out / "samples" / "reals.png", config)
         if trainer.FD is not None:
             # part of the run's wall time, as a pretrained D would not be;
             # saved at once, so that a stop before the first checkpoint
             # does not lose it
-            trainer.elapsed += trainer.pretrain_features()
+            try:
+                trainer.elapsed += trainer.pretrain_features()
+            except KeyboardInterrupt:
+                # nothing is in the folder yet, so the same command starts over
+                raise RunInterrupted(
+                    "interrupted while training the feature network, before the "
+                    f"first GAN step; {out} holds nothing to resume, so run the "
+                    "same command again"
+                ) from None
             trainer.save(out)
             if limit_reached(config, 0, trainer.elapsed) == "minutes":
                 logger.warning(
@@ -591,6 +621,8 @@ def train(
                     command,
                     out,
                 )
+    if not resume:
+        monitor.save_reals(out / "samples" / "reals.png", config)
     (out / "config.json").write_text(config.to_json() + "\n")
     probe = monitor.Probe(config)
     late_from = config.late_from
@@ -609,9 +641,12 @@ def train(
     window_t, window_steps = time.monotonic(), 0
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    from lclr.training import RunInterrupted, sigint_flag
 
-    with sigint_flag() as stop, open(out / "metrics.jsonl", "a") as metrics_file:
+    with (
+        _abort_names_the_checkpoint(out, command, lambda: saved_step),
+        sigint_flag() as stop,
+        open(out / "metrics.jsonl", "a") as metrics_file,
+    ):
         while not _done(trainer) and not stop.is_set():
             metrics = trainer.train_step()
             trainer.elapsed = base + time.monotonic() - started

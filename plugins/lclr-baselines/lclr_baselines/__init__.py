@@ -1,0 +1,1 @@
+"""lclr-baselines: GANSpace and SeFa directions, fitted in closed form."""
