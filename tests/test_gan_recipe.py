@@ -184,6 +184,15 @@ def test_each_shipped_generator_records_the_recipe_export_writes(plugin):
         flags = "--seed 0 --feature-d 2.0 --ema-kimg 5.0 --minutes 89.7 --steps 27000"
         assert facts["recipe"] == f"{RECIPE} {flags}"
         assert facts["steps"] == 25111 and facts["minutes"] <= 90
+    else:
+        # BigGAN try 3: batch 32 with the feature heads, stopped by its 89.7
+        # minutes (at step 14,114)
+        assert config == GanConfig(
+            arch="biggan", batch=32, feature_d=2.0, minutes=89.7, steps=16000
+        )
+        flags = "--seed 0 --arch biggan --batch-size 32 --feature-d 2.0"
+        assert facts["recipe"] == f"{RECIPE} {flags} --minutes 89.7 --steps 16000"
+        assert facts["steps"] == 14114 and facts["minutes"] <= 90
 
 
 def ctrl_c_after(monkeypatch, step: int, most: int | None = None) -> None:
