@@ -129,6 +129,20 @@ def test_sefa_says_what_to_use_when_the_generator_has_no_such_weights():
         SeFaDirections(3, gen.latent_dim).fit(gen, layer="conv1", sample=sampler(gen))
 
 
+def test_sefa_refuses_more_directions_than_the_weights_rank():
+    # found in review: -k 64 on a code read by 32 rows gave 32 directions
+    # that change nothing (eigenvalue ~1e-16, their choice up to rounding)
+    gen = tiny_stylegan2()
+    rows = gen.latent_weights([7]).shape[0]  # the last to-RGB's input channels
+    assert rows < gen.latent_dim
+    sefa = SeFaDirections(rows + 1, gen.latent_dim)
+    with pytest.raises(ConfigError, match=f"at most {rows} directions.*-k {rows}"):
+        sefa.fit(gen, layer="conv1", sample=sampler(gen), edit_layers=[7])
+    SeFaDirections(rows, gen.latent_dim).fit(
+        gen, layer="conv1", sample=sampler(gen), edit_layers=[7]
+    )
+
+
 def test_more_directions_than_the_latent_size_is_one_clear_error():
     with pytest.raises(ConfigError, match="at most D=12 directions.*-k 12 or fewer"):
         SeFaDirections(13, 12)
@@ -206,10 +220,17 @@ def test_a_ganspace_run_is_a_run_folder_fitted_at_step_0(tmp_path):
         len(result.output.strip().splitlines()) == 1
         and "nothing to resume" in result.output
     )
+    # found in review: render and eval said the run "stopped at step 0 of
+    # 1000" and sent users to --resume, and a new run on the folder was
+    # told to resume it
+    assert not (tmp_path / "a" / "state.pt").exists()
     result = invoke(
         "render", tmp_path / "a", "--samples", "2", "--steps", "3", "--no-gif"
     )
     assert result.exit_code == 0, result.output
+    assert "--resume" not in result.output
+    result = invoke("run", *TOY, "--direction", "ganspace", "--out", tmp_path / "a")
+    assert result.exit_code != 0 and "choose another --out" in result.output
 
 
 def test_sefa_on_a_generator_without_first_weights_is_one_line_and_writes_nothing(

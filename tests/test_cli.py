@@ -362,3 +362,18 @@ def test_the_recipe_command_reports_usage_errors_in_one_line(tmp_path):
         "Error: Invalid value for '--batch-size': 'q' is not a valid integer. "
         "See 'python -m lclr_shapes.gan.train --help'."
     ]
+
+
+def test_ctrl_c_before_a_run_trains_leaves_no_claimed_folder(tmp_path, monkeypatch):
+    # found in review: Ctrl-C while a run was being built (or a closed-form
+    # model fitted), without --out, left an empty runs/<name> folder behind
+    import lclr.training
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(lclr.training, "build_components", ctrl_c)
+    result = invoke("run", *TINY, "--iterations", "2", "--no-render")
+    assert result.exit_code == 130
+    assert not any((tmp_path / "runs").iterdir())

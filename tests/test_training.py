@@ -211,3 +211,24 @@ def test_projector_head_is_trained_saved_and_resumed_exactly(tmp_path):
     assert_same_tensors(
         directions_of(tmp_path / "whole")[0], directions_of(tmp_path / "parts")[0]
     )
+
+
+def test_an_abort_while_a_checkpoint_is_written_names_the_one_before(
+    tmp_path, monkeypatch
+):
+    # found in review: the step was recorded as saved before the files were
+    # written, so an abort in the write named a checkpoint that did not exist
+    real = runfolder.save_state
+    calls = []
+
+    def save_then_abort(path, state):
+        calls.append(state["step"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(path, state)
+
+    monkeypatch.setattr(runfolder, "save_state", save_then_abort)
+    with pytest.raises(RunInterrupted, match="checkpoint of step 4 is kept"):
+        train(tiny_config(checkpoint_every=4), tmp_path / "run")
+    assert calls == [4, 8]
+    assert runfolder.load_state(tmp_path / "run" / runfolder.STATE)["step"] == 4

@@ -307,7 +307,7 @@ def run(ctx, **opts):
         try:
             with _progress(config, quiet):
                 result = train(config, folder, resume=bool(opts["resume"]))
-        except LclrError:
+        except (LclrError, KeyboardInterrupt):
             claimed = not opts["out"] and not opts["resume"] and world.writer
             if claimed and not any(folder.iterdir()):
                 folder.rmdir()  # the folder claimed for this run holds nothing
@@ -542,6 +542,8 @@ def eval_(run_dir, evaluator, evaluator_option, out):
 
 
 def _note_incomplete(run) -> None:
+    if getattr(run.directions, "closed_form", False):
+        return  # fitted, not trained: step 0 is complete
     if run.step < run.config.iterations:
         click.echo(
             f"note: this run stopped at step {run.step} of {run.config.iterations}; "

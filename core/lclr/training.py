@@ -246,9 +246,11 @@ def _fit(run: RunState, *, resume: bool) -> RunState:
         run.generator, layer=run.layer, sample=sample, edit_layers=config.edit_layers
     )
     if distributed.current().writer:
+        # no training state: there is nothing to resume
         folder.mkdir(parents=True, exist_ok=True)
         runfolder.write_config(folder, config)
-    save_checkpoint(run)
+        meta = export_meta(run)
+        runfolder.export_directions(folder, run.directions.export(), meta)
     return run
 
 
@@ -365,8 +367,8 @@ def save_checkpoint(run: RunState) -> None:
     only rank 0 writes.
     """
     rngs = distributed.gather_states([s.get_state() for s in run.streams])
-    run.saved_step = run.step  # rank 0 writes it, the others know it was
     if not distributed.current().writer:
+        run.saved_step = run.step  # rank 0 writes it
         return
     objective_state = {
         k: v.detach().cpu() for k, v in run.objective.state_dict().items()
@@ -384,6 +386,7 @@ def save_checkpoint(run: RunState) -> None:
     path = run.folder / runfolder.STATE
     runfolder.save_state(path, state)
     runfolder.export_directions(run.folder, run.directions.export(), export_meta(run))
+    run.saved_step = run.step  # only once both files are written
     get_registry().pm.hook.lclr_checkpoint_written(run=run, path=path)
     log.debug("checkpoint at step %d written to %s", run.step, path)
 

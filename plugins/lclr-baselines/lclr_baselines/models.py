@@ -155,8 +155,8 @@ class SeFaDirections(_ClosedForm):
         if weights is None:
             raise ConfigError(
                 "sefa factorises the weights that first read a code, and this "
-                "generator does not expose them (Generator.latent_weights); "
-                "use --direction ganspace"
+                "generator has none in its working space (StyleGAN2 has them in "
+                "W, not Z; see Generator.latent_weights); use --direction ganspace"
             )
         a = weights.detach().double().cpu()
         if a.ndim != 2 or a.shape[1] != self.latent_dim:
@@ -164,4 +164,14 @@ class SeFaDirections(_ClosedForm):
                 f"latent_weights must be (M, {self.latent_dim}), got {tuple(a.shape)}"
             )
         a = a / torch.linalg.vector_norm(a, dim=1, keepdim=True).clamp_min(1e-30)
-        self._store(*top_eigenvectors(a.T @ a, self.k))
+        values, rows = top_eigenvectors(a.T @ a, self.k)
+        rank = int((values > values[0] * 1e-9).sum())
+        if rank < self.k:
+            # past the weights' rank an eigenvector changes nothing, and
+            # which one is returned is up to rounding
+            raise ConfigError(
+                f"sefa finds at most {rank} directions in the weights that read "
+                f"the chosen codes ({a.shape[0]} rows); pass -k {rank} or fewer, "
+                "or edit more codes"
+            )
+        self._store(values, rows)
