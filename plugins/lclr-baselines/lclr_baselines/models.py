@@ -132,12 +132,10 @@ class GanSpaceDirections(_ClosedForm):
         for part in feats.split(CHUNK * 16, dim=1):
             part = part.double()
             gram += part @ part.T
-        values, coords = top_eigenvectors(gram, self.k)  # coords (K, N)
-        values = values / (len(codes) - 1)
-        # least squares of z on each coordinate; the coordinates are
-        # orthogonal, so together or one by one gives the same answer
-        rows = coords @ z / (coords * coords).sum(dim=1, keepdim=True)
-        return values, _fix_signs(rows)
+        values, coords = top_eigenvectors(gram, self.k)  # coords (K, N), unit rows
+        # least squares of z on each coordinate: the coordinates are
+        # orthonormal, so it is their dot product with z (scale aside)
+        return values / (n - 1), _fix_signs(coords @ z)
 
 
 class SeFaDirections(_ClosedForm):
