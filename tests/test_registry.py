@@ -105,6 +105,11 @@ def test_options_are_validated_by_the_plugins_class():
         lclr.create_generator("toy", width=0)
     with pytest.raises(ConfigError, match="K must be at least 2"):
         lclr.create_direction_model("global", k=1, latent_dim=4)
+    # an options class without a field (SeFa's) takes none, said as such
+    with pytest.raises(
+        ConfigError, match="^direction model 'sefa' takes no options; got samples$"
+    ):
+        lclr.create_direction_model("sefa", k=2, latent_dim=4, samples=10)
 
 
 def test_every_registered_option_class_is_frozen_attrs():

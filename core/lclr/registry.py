@@ -179,11 +179,14 @@ class Registry:
 def make_options(comp: Component, values: dict) -> Any:
     """The component's attrs options instance for ``values``, validated."""
     label = f"{KINDS[comp.kind][1]} '{comp.name}'"
+    fields = set()
+    if comp.options is not None:
+        fields = {f.name for f in attrs.fields(comp.options) if f.init}
+    if not fields and values:
+        # an options class with no settable field takes none either
+        raise ConfigError(f"{label} takes no options; got {', '.join(values)}")
     if comp.options is None:
-        if values:
-            raise ConfigError(f"{label} takes no options; got {', '.join(values)}")
         return None
-    fields = {f.name for f in attrs.fields(comp.options) if f.init}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ConfigError(

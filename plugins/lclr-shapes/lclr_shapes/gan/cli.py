@@ -139,6 +139,8 @@ def config_fields(
     feature_width=None,
     feature_steps=None,
     ema_kimg=None,
+    biggan_lr=None,
+    mode_seeking=None,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
     given = {
@@ -152,6 +154,8 @@ def config_fields(
         "feature_width": feature_width,
         "feature_steps": feature_steps,
         "ema_kimg": ema_kimg,
+        "biggan_lr": biggan_lr,
+        "mode_seeking": mode_seeking,
         "late_from": late_from,
         "late": _late_settings(late) or None,
     }
@@ -193,6 +197,12 @@ def config_fields(
     "--pl-weight", type=float, default=None, help="Path-length weight [0: off]."
 )
 @click.option(
+    "--mode-seeking",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Weight of the mode-seeking term, G's diversity push [1.0; 0: off].",
+)
+@click.option(
     "--late-from",
     type=click.IntRange(min=1),
     default=None,
@@ -211,6 +221,12 @@ def config_fields(
     type=click.IntRange(min=1),
     default=None,
     help="BigGAN-deep channel_width [16].",
+)
+@click.option(
+    "--biggan-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Adam learning rate of a BigGAN-deep G [0.0002]; D keeps 0.002.",
 )
 @click.option(
     "--feature-d",
@@ -255,9 +271,11 @@ def train_gan(
     batch_size,
     r1_gamma,
     pl_weight,
+    mode_seeking,
     late_from,
     late,
     biggan_width,
+    biggan_lr,
     feature_d,
     feature_width,
     feature_steps,
@@ -279,7 +297,8 @@ def train_gan(
         arch=arch, seed=seed, batch_size=batch_size, r1_gamma=r1_gamma,
         pl_weight=pl_weight, biggan_width=biggan_width, late_from=late_from,
         late=late, feature_d=feature_d, feature_width=feature_width,
-        feature_steps=feature_steps, ema_kimg=ema_kimg,
+        feature_steps=feature_steps, ema_kimg=ema_kimg, biggan_lr=biggan_lr,
+        mode_seeking=mode_seeking,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
