@@ -279,6 +279,8 @@ def test_a_run_stopped_by_its_minutes_resumes_with_more_minutes(tmp_path):
         (["--batch-size", "0"], "--batch-size must be > 0"),
         (["--r1-gamma", "-1"], "--r1-gamma must be a finite number >= 0"),
         (["--late-from", "3", "--late", "r1_gamma=0"], "a late r1_gamma cannot"),
+        (["--biggan-lr", "0.001"], "--biggan-lr is for --arch biggan; add"),
+        (["--biggan-width", "8"], "--biggan-width is for --arch biggan; add"),
     ],
 )
 def test_config_errors_name_the_option(tmp_path, args, message):

@@ -302,6 +302,15 @@ def train_gan(
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
+    if not resume and given.get("arch", "stylegan2") != "biggan":
+        # a BigGAN-deep setting on a StyleGAN2 would be silently unused
+        from lclr_shapes.gan.config import FLAGS
+
+        for field in ("biggan_width", "biggan_lr"):
+            if field in given:
+                raise ConfigError(
+                    f"{FLAGS[field]} is for --arch biggan; add --arch biggan or drop it"
+                )
     limits = {"minutes": minutes, "steps": steps}
     if resume:
         # one clear line when there is nothing to resume, or other settings
