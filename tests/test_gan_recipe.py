@@ -144,6 +144,7 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
         {"feature_d": 2.0, "steps": 24000},
         {"feature_d": 1.0, "feature_width": 4, "feature_steps": 500},
         {"feature_d": 2.0, "ema_kimg": 5.0, "steps": 26000},
+        {"arch": "biggan", "batch": 32, "feature_d": 2.0, "feature_class": 1.0},
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -396,6 +397,30 @@ def test_auxiliary_classifier_is_trained_only_when_weighted():
             assert 0 < metrics["cls_real"] < 10 and 0 < metrics["cls_fake"] < 10
 
 
+def test_feature_class_loss_is_the_frozen_networks_cross_entropy():
+    # G pays the frozen network's cross-entropy for the asked class, and
+    # the frozen network itself never moves.
+    import torch.nn.functional as F
+
+    from lclr_shapes.gan.train import Trainer
+
+    settings = dict(steps=None, feature_d=1.0, feature_steps=1, feature_width=4)
+    settings.update(mode_seeking=0.0)  # keep the G step's classes as drawn
+    trainer = Trainer(tiny(feature_class=0.5, **settings))
+    frozen = {k: v.clone() for k, v in trainer.F.state_dict().items()}
+    drawn, logits = [], []
+    sample_classes = trainer.sample_classes
+    trainer.sample_classes = lambda n: drawn.append(sample_classes(n)) or drawn[-1]
+    trainer.F.classes.register_forward_hook(lambda m, i, out: logits.append(out))
+    metrics = trainer.train_step()
+    assert len(logits) == 1  # the G step's, on its own images
+    expected = F.cross_entropy(logits[0], drawn[-1].argmax(dim=1))
+    assert metrics["feat_cls"] == pytest.approx(expected.item())
+    assert logits[0].grad_fn is not None  # G's gradient flows through it
+    assert all(torch.equal(v, trainer.F.state_dict()[k]) for k, v in frozen.items())
+    assert "feat_cls" not in Trainer(tiny(**settings)).train_step()
+
+
 def test_discriminator_class_head_shape():
     D = Discriminator(16, {4: 8, 8: 8, 16: 8}, c_dim=4)
     logits, cls = D(torch.randn(3, 3, 16, 16), torch.eye(4)[:3], with_class=True)
@@ -508,6 +533,8 @@ def test_late_settings_take_over_at_their_step():
         ({"late_from": 2, "late": {"r1_gamma": 0.0}}, "cannot switch R1"),
         ({"late_from": 2, "late": {"augment_p": 2.0}}, r"augment_p must be in"),
         ({"late_from": 0}, "late_from must be > 0"),
+        ({"feature_class": 1.0}, "needs feature_d > 0"),
+        ({"feature_class": 1.0, "feature_d": 1.0, "conditional": False}, "needs"),
     ],
 )
 def test_late_settings_are_validated(changes, message):

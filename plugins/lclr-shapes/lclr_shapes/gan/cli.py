@@ -136,6 +136,7 @@ def config_fields(
     late_from,
     late,
     feature_d=None,
+    feature_class=None,
     feature_width=None,
     feature_steps=None,
     ema_kimg=None,
@@ -151,6 +152,7 @@ def config_fields(
         "pl_weight": pl_weight,
         "biggan_width": biggan_width,
         "feature_d": feature_d,
+        "feature_class": feature_class,
         "feature_width": feature_width,
         "feature_steps": feature_steps,
         "ema_kimg": ema_kimg,
@@ -236,6 +238,13 @@ def config_fields(
     "trained shapes network's features [0: off].",
 )
 @click.option(
+    "--feature-class",
+    type=float,
+    default=None,
+    help="Weight of the frozen network's class loss on G's images; "
+    "needs --feature-d [0: off].",
+)
+@click.option(
     "--feature-width",
     type=click.IntRange(min=1),
     default=None,
@@ -277,6 +286,7 @@ def train_gan(
     biggan_width,
     biggan_lr,
     feature_d,
+    feature_class,
     feature_width,
     feature_steps,
     ema_kimg,
@@ -296,7 +306,8 @@ def train_gan(
     given = config_fields(
         arch=arch, seed=seed, batch_size=batch_size, r1_gamma=r1_gamma,
         pl_weight=pl_weight, biggan_width=biggan_width, late_from=late_from,
-        late=late, feature_d=feature_d, feature_width=feature_width,
+        late=late, feature_d=feature_d, feature_class=feature_class,
+        feature_width=feature_width,
         feature_steps=feature_steps, ema_kimg=ema_kimg, biggan_lr=biggan_lr,
         mode_seeking=mode_seeking,
     )  # fmt: skip

@@ -44,6 +44,7 @@ FLAGS = {
     "biggan_width": "--biggan-width",
     "biggan_lr": "--biggan-lr",
     "feature_d": "--feature-d",
+    "feature_class": "--feature-class",
     "feature_width": "--feature-width",
     "feature_steps": "--feature-steps",
     "ema_kimg": "--ema-kimg",
@@ -179,6 +180,12 @@ class GanConfig:
     """Weight of the discriminator heads on a frozen, separately trained
     network's features (:mod:`lclr_shapes.gan.features`); 0 turns them
     off."""
+    feature_class: float = attrs.field(default=0.0, validator=_weight)
+    """Weight of a class loss read by that frozen network (needs
+    ``feature_d``): G pays the cross-entropy of its shape logits on G's
+    unaugmented images against the asked class. Unlike D's classifier it
+    is not trained on G's images, so a blob in an arrow's colour cannot
+    come to pass for an arrow; 0 turns it off."""
     feature_width: int = attrs.field(default=8, validator=_positive)
     """Width of that network (a factor predictor; the evaluator's is 16)."""
     feature_steps: int = attrs.field(default=3000, validator=_positive)
@@ -204,6 +211,11 @@ class GanConfig:
             raise ValueError("a late r1_gamma cannot switch R1 on or off")
         if "augment_p" in self.late and not 0.0 <= self.late["augment_p"] <= 1.0:
             raise ValueError("late augment_p must be in [0, 1]")
+        if self.feature_class and not (self.feature_d and self.conditional):
+            raise ValueError(
+                "feature_class reads the feature network's classes; "
+                "it needs feature_d > 0 and a conditional run"
+            )
         if self.arch == "biggan" and not self.conditional:
             raise ValueError("arch biggan is class-conditional; keep conditional")
         if self.arch == "biggan" and self.pl_weight:

@@ -355,6 +355,12 @@ class Trainer:
             loss_cls = F.cross_entropy(cls, c_fake.argmax(dim=1))
             loss_g = loss_g + cfg.class_loss * loss_cls
             metrics["cls_fake"] = loss_cls.item()
+        if cfg.feature_class:
+            # ... and the frozen network, which G cannot train, agrees
+            shape_logits = self.F.classes(backbone_features(self.F, fake)[-1])
+            loss_fc = F.cross_entropy(shape_logits, c_fake.argmax(dim=1))
+            loss_g = loss_g + cfg.feature_class * loss_fc
+            metrics["feat_cls"] = loss_fc.item()
         if cfg.mode_seeking:
             ratio = mode_seeking_ratio(fake, z)
             loss_g = loss_g + cfg.mode_seeking / (ratio + 1e-5)
