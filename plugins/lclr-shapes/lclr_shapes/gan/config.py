@@ -183,9 +183,9 @@ class GanConfig:
     feature_class: float = attrs.field(default=0.0, validator=_weight)
     """Weight of a class loss read by that frozen network (needs
     ``feature_d``): G pays the cross-entropy of its shape logits on G's
-    unaugmented images against the asked class. Unlike D's classifier it
-    is not trained on G's images, so a blob in an arrow's colour cannot
-    come to pass for an arrow; 0 turns it off."""
+    unaugmented images against the asked class. D's AC-GAN head reads
+    D's body, whose features move at every step; this network's never
+    do. 0 turns it off."""
     feature_width: int = attrs.field(default=8, validator=_positive)
     """Width of that network (a factor predictor; the evaluator's is 16)."""
     feature_steps: int = attrs.field(default=3000, validator=_positive)
