@@ -282,6 +282,12 @@ def test_a_run_stopped_by_its_minutes_resumes_with_more_minutes(tmp_path):
         (["--late-from", "3", "--late", "r1_gamma=0"], "a late r1_gamma cannot"),
         (["--biggan-lr", "0.001"], "--biggan-lr is for --arch biggan; add"),
         (["--biggan-width", "8"], "--biggan-width is for --arch biggan; add"),
+        (
+            ["--feature-class", "1"],
+            "--feature-class reads the feature network's classes; "
+            "it needs --feature-d > 0 and a conditional run",
+        ),
+        (["--late-from", "3"], "--late-from needs at least one late setting"),
     ],
 )
 def test_config_errors_name_the_option(tmp_path, args, message):
@@ -571,7 +577,7 @@ def test_command_line_late_settings_errors_are_one_line(tmp_path):
     for args, message in [
         (["--late", "mode_seeking"], "--late takes NAME=VALUE"),
         (["--late", "mode_seeking=a"], "--late takes NAME=VALUE"),
-        (["--late", "mode_seeking=0.2"], "need late_from"),
+        (["--late", "mode_seeking=0.2"], "need --late-from"),
         (["--late-from", "5", "--late", "pl=1"], "late setting 'pl' is not allowed"),
     ]:
         result = CliRunner().invoke(train_gan, ["--out", str(tmp_path / "r"), *args])

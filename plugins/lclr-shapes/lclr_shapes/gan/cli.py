@@ -96,14 +96,20 @@ def _same_as_saved(saved, given: dict, out: Path) -> None:
 
 
 def _in_flags(message: str) -> str:
-    """A config error that names a field, reworded to name its option."""
-    from lclr_shapes.gan.config import FLAGS
+    """A config error that names fields, reworded to name their options:
+    the field it starts with, and any other field spelt with an underscore
+    that only an option sets (a name --late also takes stays a name)."""
+    import re
+
+    from lclr_shapes.gan.config import FLAGS, LATE_FIELDS
 
     flags = {**FLAGS, "minutes": "--minutes", "steps": "--steps"}
     field = message.split(" ", 1)[0]
     if field in flags:
-        return flags[field] + message[len(field) :]
-    return message
+        message = flags[field] + message[len(field) :]
+    named = [f for f in FLAGS if "_" in f and f not in LATE_FIELDS]
+    pattern = r"\b(" + "|".join(named) + r")\b"
+    return re.sub(pattern, lambda m: flags[m.group(1)], message)
 
 
 def _check_left_to_do(out: Path, config, step: int, elapsed: float) -> None:
