@@ -279,7 +279,7 @@ def test_command_line_trains_and_exports_a_biggan(tmp_path):
         train_gan, ["--out", str(out), "--resume", "--arch", "stylegan2"]
     )
     assert result.exit_code != 0
-    assert "holds a run with arch=biggan" in str(result.exception)
+    assert "holds a run trained with --arch biggan;" in str(result.exception)
     result = CliRunner().invoke(
         export_gan, [str(out), "--to", str(tmp_path / "w"), "--name", "s"]
     )

@@ -268,7 +268,11 @@ def test_a_run_stopped_by_its_minutes_resumes_with_more_minutes(tmp_path):
     assert done < 4
     result = _invoke(["--out", str(out), "--resume"])
     assert result.exit_code != 0
-    assert "minutes already; give --minutes above" in str(result.exception)
+    message = str(result.exception)
+    assert "minutes already; give --minutes " in message
+    # the figure it suggests is above what the run trained, not rounded down
+    figure = float(message.split("give --minutes ")[1].split()[0])
+    assert figure * 60 > load_checkpoint(out)["elapsed"]
     result = _invoke(["--out", str(out), "--resume", "--minutes", "500"])
     assert result.exit_code == 0, result.output
     assert load_checkpoint(out)["step"] == 4
@@ -284,8 +288,8 @@ def test_a_run_stopped_by_its_minutes_resumes_with_more_minutes(tmp_path):
         (["--biggan-width", "8"], "--biggan-width is for --arch biggan; add"),
         (
             ["--feature-class", "1"],
-            "--feature-class reads the feature network's classes; "
-            "it needs --feature-d > 0 and a conditional run",
+            "--feature-class reads the feature network, which only --feature-d "
+            "trains; give --feature-d a weight above 0 too",
         ),
         (["--late-from", "3"], "--late-from needs at least one late setting"),
     ],
@@ -540,8 +544,8 @@ def test_late_settings_take_over_at_their_step():
         ({"late_from": 2, "late": {"r1_gamma": 0.0}}, "cannot switch R1"),
         ({"late_from": 2, "late": {"augment_p": 2.0}}, r"augment_p must be in"),
         ({"late_from": 0}, "late_from must be > 0"),
-        ({"feature_class": 1.0}, "needs feature_d > 0"),
-        ({"feature_class": 1.0, "feature_d": 1.0, "conditional": False}, "needs"),
+        ({"feature_class": 1.0}, "give feature_d a weight above 0"),
+        ({"feature_class": 1.0, "feature_d": 1.0, "conditional": False}, "needs a"),
     ],
 )
 def test_late_settings_are_validated(changes, message):
@@ -578,6 +582,10 @@ def test_command_line_late_settings_errors_are_one_line(tmp_path):
         (["--late", "mode_seeking"], "--late takes NAME=VALUE"),
         (["--late", "mode_seeking=a"], "--late takes NAME=VALUE"),
         (["--late", "mode_seeking=0.2"], "need --late-from"),
+        # a --late NAME stays as typed, though an option has its name too
+        (["--late-from", "2", "--late", "feature_class=1"], "setting 'feature_class'"),
+        (["--late-from", "2", "--late", "r1_gamma=0"], "value above 0"),
+        (["--arch", "biggan", "--pl-weight", "1"], "--pl-weight (path-length"),
         (["--late-from", "5", "--late", "pl=1"], "late setting 'pl' is not allowed"),
     ]:
         result = CliRunner().invoke(train_gan, ["--out", str(tmp_path / "r"), *args])
@@ -645,13 +653,15 @@ def test_resume_refuses_settings_other_than_the_runs_own(tmp_path):
     out = tmp_path / "r"
     assert _invoke(["--out", str(out), "--steps", "1"]).exit_code == 0
     before = (out / "config.json").read_text()
-    for args in (
-        ["--late-from", "1", "--late", "mode_seeking=0"],
-        ["--r1-gamma", "0.5"],
-        ["--seed", "3"],
+    for args, saved in (
+        (["--late-from", "1", "--late", "mode_seeking=0"], "no --late-from"),
+        (["--r1-gamma", "0.5"], "--r1-gamma 0.1"),
+        (["--seed", "3"], "--seed 0"),
     ):
         result = _invoke(["--out", str(out), "--steps", "2", "--resume", *args])
         assert result.exit_code != 0
+        # the run's own setting as the option that gives it
+        assert f"{out} holds a run trained with {saved}; " in str(result.exception)
         assert "a resumed run keeps its settings" in str(result.exception)
     # the same values as the run's own are fine
     result = _invoke(["--out", str(out), "--steps", "2", "--resume", "--seed", "0"])

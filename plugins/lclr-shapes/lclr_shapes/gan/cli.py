@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -90,9 +91,23 @@ def _same_as_saved(saved, given: dict, out: Path) -> None:
     for key, value in given.items():
         if value != getattr(saved, key):
             raise ConfigError(
-                f"{out} holds a run with {key}={getattr(saved, key)}; a resumed "
-                f"run keeps its settings: drop {FLAGS[key]} or choose another --out"
+                f"{out} holds a run trained with {_as_options(key, saved)}; a "
+                f"resumed run keeps its settings: drop {FLAGS[key]} or choose "
+                "another --out"
             )
+
+
+def _as_options(key: str, config) -> str:
+    """A saved setting as the options that would give it."""
+    from lclr_shapes.gan.config import FLAGS
+
+    value = getattr(config, key)
+    if key == "late":
+        pairs = [f"--late {name}={v:g}" for name, v in value.items()]
+        return " ".join(pairs) or "no --late settings"
+    if value is None:
+        return f"no {FLAGS[key]}"
+    return f"{FLAGS[key]} {value}"
 
 
 def _in_flags(message: str) -> str:
@@ -108,7 +123,8 @@ def _in_flags(message: str) -> str:
     if field in flags:
         message = flags[field] + message[len(field) :]
     named = [f for f in FLAGS if "_" in f and f not in LATE_FIELDS]
-    pattern = r"\b(" + "|".join(named) + r")\b"
+    # a name in quotes is as the user typed it (a --late NAME), kept
+    pattern = r"(?<!')\b(" + "|".join(named) + r")\b(?!')"
     return re.sub(pattern, lambda m: flags[m.group(1)], message)
 
 
@@ -125,9 +141,11 @@ def _check_left_to_do(out: Path, config, step: int, elapsed: float) -> None:
             f"--steps above {step} to train on"
         )
     if reached == "minutes":
+        # a figure to give, rounded up: one the run has not reached yet
+        more = (math.floor(elapsed / 60 * 100) + 1) / 100
         raise ConfigError(
-            f"the run in {out} has trained {elapsed / 60:.2f} minutes already; "
-            f"give --minutes above {elapsed / 60:.2f} to train on"
+            f"the run in {out} has trained {elapsed / 60:.4g} minutes already; "
+            f"give --minutes {more:.2f} or more to train on"
         )
 
 

@@ -208,18 +208,28 @@ class GanConfig:
         if "r1_gamma" in self.late and bool(self.late["r1_gamma"]) != bool(
             self.r1_gamma
         ):
-            raise ValueError("a late r1_gamma cannot switch R1 on or off")
+            todo = (
+                "give the late r1_gamma a value above 0"
+                if self.r1_gamma
+                else "R1 is off in this run (r1_gamma 0), so drop the late r1_gamma"
+            )
+            raise ValueError(f"a late r1_gamma cannot switch R1 on or off; {todo}")
         if "augment_p" in self.late and not 0.0 <= self.late["augment_p"] <= 1.0:
             raise ValueError("late augment_p must be in [0, 1]")
-        if self.feature_class and not (self.feature_d and self.conditional):
+        if self.feature_class and not self.feature_d:
             raise ValueError(
-                "feature_class reads the feature network's classes; "
-                "it needs feature_d > 0 and a conditional run"
+                "feature_class reads the feature network, which only feature_d "
+                "trains; give feature_d a weight above 0 too"
             )
+        if self.feature_class and not self.conditional:
+            raise ValueError("feature_class needs a conditional run (classes)")
         if self.arch == "biggan" and not self.conditional:
             raise ValueError("arch biggan is class-conditional; keep conditional")
         if self.arch == "biggan" and self.pl_weight:
-            raise ValueError("path-length regularisation is for stylegan2 only")
+            raise ValueError(
+                "pl_weight (path-length regularisation) is for arch stylegan2 "
+                "only; drop it for arch biggan"
+            )
 
     def to_json(self) -> str:
         """The config as a JSON string."""

@@ -703,7 +703,8 @@ def train(
                     )
                     raise TrainingDiverged(
                         f"the GAN's loss diverged by step {trainer.step}; {kept}; "
-                        "train a new run with a lower lr or smaller loss weights"
+                        "train a new run with smaller loss weights (or, for "
+                        "a BigGAN, a lower --biggan-lr)"
                     )
                 sums, counts, window_t, window_steps = {}, {}, now, 0
 
