@@ -880,6 +880,25 @@ def test_the_hint_to_resume_names_the_command_as_typed(tmp_path, typed):
     assert hint in (out / "train.log").read_text()
 
 
+@pytest.mark.parametrize(
+    "typed", [["lclr", "shapes", "train-gan"], ["python -m lclr_shapes.gan.train"]]
+)
+def test_the_hint_to_train_first_names_the_command_as_typed(tmp_path, typed):
+    # found by a break-test: `lclr shapes train-gan --resume` on a folder
+    # that does not exist said to train with `python -m ...` first
+    from click.testing import CliRunner
+
+    from lclr.cli import cli
+    from lclr_shapes.gan.cli import train_gan
+
+    command, args = (cli, typed[1:]) if typed[0] == "lclr" else (train_gan, [])
+    args += ["--out", str(tmp_path / "never"), "--resume"]
+    result = CliRunner().invoke(command, args, prog_name=typed[0])
+    assert result.exit_code != 0
+    hint = f"train first with '{' '.join(typed)} --out DIR'"
+    assert hint in str(result.exception) + result.output
+
+
 @pytest.mark.parametrize("changes", [{}, {"feature_d": 1.0}, {"conditional": False}])
 def test_one_pass_of_d_on_both_batches_equals_two(changes):
     # the D step judges generated and real images in one pass (faster on

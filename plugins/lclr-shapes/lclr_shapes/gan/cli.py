@@ -349,7 +349,7 @@ def train_gan(
     limits = {"minutes": minutes, "steps": steps}
     if resume:
         # one clear line when there is nothing to resume, or other settings
-        state = load_checkpoint(out)
+        state = load_checkpoint(out, click.get_current_context().command_path)
         saved = GanConfig.from_json(state["config"])
         _same_as_saved(saved, given, out)
         given = {}

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 """Name of the training state inside a run folder."""
+COMMAND = "python -m lclr_shapes.gan.train"
+"""How the messages that say how to resume or train spell the training command."""
 LOG = "train.log"
 """Name of the log file the command line writes into a run folder."""
 
@@ -471,8 +473,9 @@ def _figure(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def load_checkpoint(folder: str | Path) -> dict:
-    """The training state saved in a run folder (tensors on CPU)."""
+def load_checkpoint(folder: str | Path, command: str = COMMAND) -> dict:
+    """The training state saved in a run folder (tensors on CPU); a hint to
+    train first names ``command``, the training command the user runs."""
     path = Path(folder) / CHECKPOINT
     if not path.is_file():
         if Path(folder).is_dir():
@@ -482,8 +485,7 @@ def load_checkpoint(folder: str | Path) -> dict:
                 "run with another --out, or delete the folder first"
             )
         raise RunFolderError(
-            f"no {CHECKPOINT} in {folder}; train first with "
-            "'python -m lclr_shapes.gan.train --out DIR'"
+            f"no {CHECKPOINT} in {folder}; train first with '{command} --out DIR'"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -566,10 +568,6 @@ def _abort_names_the_checkpoint(out: Path, command: str, saved_step):
         ) from None
 
 
-COMMAND = "python -m lclr_shapes.gan.train"
-"""How the messages that say how to resume spell the training command."""
-
-
 def train(
     config: GanConfig, out: str | Path, resume: bool = False, command: str = COMMAND
 ) -> Trainer:
@@ -588,7 +586,7 @@ def train(
 
     out = Path(out)
     if resume:
-        state = load_checkpoint(out)
+        state = load_checkpoint(out, command)
         saved = GanConfig.from_json(state["config"])
         import attrs
 
