@@ -331,9 +331,8 @@ def train_gan(
         arch=arch, seed=seed, batch_size=batch_size, r1_gamma=r1_gamma,
         pl_weight=pl_weight, biggan_width=biggan_width, late_from=late_from,
         late=late, feature_d=feature_d, feature_class=feature_class,
-        feature_width=feature_width,
-        feature_steps=feature_steps, ema_kimg=ema_kimg, biggan_lr=biggan_lr,
-        mode_seeking=mode_seeking,
+        feature_width=feature_width, feature_steps=feature_steps,
+        ema_kimg=ema_kimg, biggan_lr=biggan_lr, mode_seeking=mode_seeking,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
