@@ -145,6 +145,7 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
         {"feature_d": 1.0, "feature_width": 4, "feature_steps": 500},
         {"feature_d": 2.0, "ema_kimg": 5.0, "steps": 26000},
         {"arch": "biggan", "batch": 32, "feature_d": 2.0, "feature_class": 1.0},
+        {"arch": "biggan", "feature_d": 2.0, "feature_render": 0.1},
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -291,6 +292,11 @@ def test_a_run_stopped_by_its_minutes_resumes_with_more_minutes(tmp_path):
             "--feature-class reads the feature network, which only --feature-d "
             "trains; give --feature-d a weight above 0 too",
         ),
+        (
+            ["--feature-render", "0.1"],
+            "--feature-render reads the feature network, which only --feature-d "
+            "trains; give --feature-d a weight above 0 too",
+        ),
         (["--late-from", "3"], "--late-from needs at least one late setting"),
     ],
 )
@@ -432,6 +438,70 @@ def test_feature_class_loss_is_the_frozen_networks_cross_entropy():
     assert "feat_cls" not in Trainer(tiny(**settings)).train_step()
 
 
+def test_feature_render_loss_pulls_g_to_a_render_of_what_the_network_reads():
+    # G pays its distance to a clean render, drawn as the asked class, of
+    # the factors the frozen network reads off its own image; the render is
+    # a fixed target and the frozen network never moves.
+    from lclr_shapes import render
+    from lclr_shapes.gan.features import render_target
+    from lclr_shapes.gan.train import Trainer
+    from lclr_shapes.predictor import decode
+
+    settings = dict(steps=None, feature_d=1.0, feature_steps=1, feature_width=4)
+    settings.update(mode_seeking=0.0, pl_weight=0.0)
+    trainer = Trainer(tiny(feature_render=0.5, **settings))
+    frozen = {k: v.clone() for k, v in trainer.F.state_dict().items()}
+    drawn, vectors, images = [], [], []
+    sample_classes = trainer.sample_classes
+    trainer.sample_classes = lambda n: drawn.append(sample_classes(n)) or drawn[-1]
+    trainer.F.regression.register_forward_hook(
+        lambda m, i, out: vectors.append(i[0].detach())
+    )
+    generate = trainer.generate
+    trainer.generate = lambda *a: images.append(generate(*a)) or images[-1]
+    metrics = trainer.train_step()
+    assert len(vectors) == 1  # the G step's, on its own images
+    fake, c = images[-1][0].detach(), drawn[-1].argmax(dim=1)
+    target = render_target(trainer.F, vectors[0], c, 16)
+    # a naive loop of the formula, in float64
+    expected = 0.0
+    for img, ref in zip(fake.double(), target.double()):
+        expected += sum(
+            ((img[:, i, j] - ref[:, i, j]) ** 2).mean().item()
+            for i in range(16)
+            for j in range(16)
+        )
+    assert metrics["feat_render"] == pytest.approx(expected / len(fake), rel=1e-5)
+    assert all(torch.equal(v, trainer.F.state_dict()[k]) for k, v in frozen.items())
+    assert "feat_render" not in Trainer(tiny(**settings)).train_step()
+    # the target is the asked class, not the class the network reads
+    read = decode(trainer.F.regression(vectors[0]))
+    factors = render.into_range({**read, "shape": c})
+    assert torch.equal(target, render.render(factors, 16) * 2 - 1)
+
+
+def test_render_target_redraws_a_render_from_a_trained_reading():
+    # With a trained reader (the shipped predictor), the target of a real
+    # render is that render, up to the reader's error: the factors are
+    # decoded into the right units and drawn in the right place.
+    from lclr_shapes import render
+    from lclr_shapes.gan.features import backbone_features, render_target
+    from lclr_shapes.predictor import load_predictor
+
+    net = load_predictor()
+    factors = render.sample_factors(64, torch.Generator().manual_seed(5))
+    real = render.render(factors, 32) * 2 - 1
+    with torch.no_grad():
+        vector = backbone_features(net, real)[-1]
+    target = render_target(net, vector, factors["shape"], 32)
+    error = (target - real).flatten(1).norm(dim=1)
+    spread = (real - real.mean(dim=(2, 3), keepdim=True)).flatten(1).norm(dim=1)
+    assert (error / spread).median() < 0.2
+    # drawn as another class, the same reading is far from the render
+    other = render_target(net, vector, (factors["shape"] + 1) % 4, 32)
+    assert ((other - real).flatten(1).norm(dim=1) / spread).median() > 0.6
+
+
 def test_discriminator_class_head_shape():
     D = Discriminator(16, {4: 8, 8: 8, 16: 8}, c_dim=4)
     logits, cls = D(torch.randn(3, 3, 16, 16), torch.eye(4)[:3], with_class=True)
@@ -546,6 +616,8 @@ def test_late_settings_take_over_at_their_step():
         ({"late_from": 0}, "late_from must be > 0"),
         ({"feature_class": 1.0}, "give feature_d a weight above 0"),
         ({"feature_class": 1.0, "feature_d": 1.0, "conditional": False}, "needs a"),
+        ({"feature_render": 1.0}, "give feature_d a weight above 0"),
+        ({"feature_render": 1.0, "feature_d": 1.0, "conditional": False}, "needs a"),
     ],
 )
 def test_late_settings_are_validated(changes, message):

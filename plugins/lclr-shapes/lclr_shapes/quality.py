@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lclr_shapes.render import FACTORS, SHAPES, render, sample_factors
+from lclr_shapes.render import FACTORS, SHAPES, into_range, render, sample_factors
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +75,6 @@ _CONTINUOUS = [s for s in FACTORS if s.kind != "categorical"]
 # Re-rendering ----------------------------------------------------------------
 
 
-def _clean(factors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Factors moved into their ranges (linear clamped, circular wrapped)."""
-    out = {"shape": factors["shape"]}
-    for spec in _CONTINUOUS:
-        v = factors[spec.name]
-        if spec.kind == "linear":
-            out[spec.name] = v.clamp(spec.low, spec.high)
-        else:
-            out[spec.name] = spec.low + torch.remainder(v - spec.low, spec.span)
-    return out
-
-
 def _relative_error(images: Tensor, rerender: Tensor) -> Tensor:
     """``(N,)`` values of ``|x - r| / |x - mean(x)|``."""
     centred = images - images.mean(dim=(2, 3), keepdim=True)
@@ -103,7 +91,7 @@ def refine_factors(
     Adam on the squared pixel error, the shape class fixed; returns factors
     in their ranges. ``steps=0`` only cleans them.
     """
-    factors = _clean(factors)
+    factors = into_range(factors)
     if steps <= 0:
         return factors
     size = images.shape[-1]
@@ -119,14 +107,14 @@ def refine_factors(
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     with torch.enable_grad():
         for _ in range(steps):
-            current = _clean({"shape": factors["shape"], **params})
+            current = into_range({"shape": factors["shape"], **params})
             loss = (render(current, size) - images).square().sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             decay.step()
     with torch.no_grad():
-        return _clean({"shape": factors["shape"], **params})
+        return into_range({"shape": factors["shape"], **params})
 
 
 def rerender(

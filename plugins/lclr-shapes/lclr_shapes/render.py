@@ -38,6 +38,7 @@ __all__ = [
     "SHAPES",
     "FactorSpec",
     "factor_names",
+    "into_range",
     "render",
     "sample_factors",
     "stream",
@@ -107,6 +108,19 @@ def sample_factors(n: int, generator: torch.Generator) -> dict[str, Tensor]:
         else:
             u = torch.rand(n, generator=generator, device=device)
             out[spec.name] = spec.low + spec.span * u
+    return out
+
+
+def into_range(factors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The factors of :data:`FACTORS` (other keys dropped) moved into their
+    ranges: linear ones clamped, circular ones wrapped."""
+    out = {"shape": factors["shape"]}
+    for spec in FACTORS:
+        v = factors[spec.name]
+        if spec.kind == "linear":
+            out[spec.name] = v.clamp(spec.low, spec.high)
+        elif spec.kind == "circular":
+            out[spec.name] = spec.low + torch.remainder(v - spec.low, spec.span)
     return out
 
 

@@ -161,6 +161,7 @@ def config_fields(
     late,
     feature_d=None,
     feature_class=None,
+    feature_render=None,
     feature_width=None,
     feature_steps=None,
     ema_kimg=None,
@@ -177,6 +178,7 @@ def config_fields(
         "biggan_width": biggan_width,
         "feature_d": feature_d,
         "feature_class": feature_class,
+        "feature_render": feature_render,
         "feature_width": feature_width,
         "feature_steps": feature_steps,
         "ema_kimg": ema_kimg,
@@ -269,6 +271,13 @@ def config_fields(
     "needs --feature-d [0: off].",
 )
 @click.option(
+    "--feature-render",
+    type=float,
+    default=None,
+    help="Weight of G's squared distance to a render of the factors the "
+    "frozen network reads off its images; needs --feature-d [0: off].",
+)
+@click.option(
     "--feature-width",
     type=click.IntRange(min=1),
     default=None,
@@ -311,6 +320,7 @@ def train_gan(
     biggan_lr,
     feature_d,
     feature_class,
+    feature_render,
     feature_width,
     feature_steps,
     ema_kimg,
@@ -331,8 +341,9 @@ def train_gan(
         arch=arch, seed=seed, batch_size=batch_size, r1_gamma=r1_gamma,
         pl_weight=pl_weight, biggan_width=biggan_width, late_from=late_from,
         late=late, feature_d=feature_d, feature_class=feature_class,
-        feature_width=feature_width, feature_steps=feature_steps,
-        ema_kimg=ema_kimg, biggan_lr=biggan_lr, mode_seeking=mode_seeking,
+        feature_render=feature_render, feature_width=feature_width,
+        feature_steps=feature_steps, ema_kimg=ema_kimg, biggan_lr=biggan_lr,
+        mode_seeking=mode_seeking,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 

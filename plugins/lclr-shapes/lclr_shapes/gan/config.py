@@ -45,6 +45,7 @@ FLAGS = {
     "biggan_lr": "--biggan-lr",
     "feature_d": "--feature-d",
     "feature_class": "--feature-class",
+    "feature_render": "--feature-render",
     "feature_width": "--feature-width",
     "feature_steps": "--feature-steps",
     "ema_kimg": "--ema-kimg",
@@ -186,6 +187,16 @@ class GanConfig:
     unaugmented images against the asked class. D's AC-GAN head reads
     D's body, whose features move at every step; this network's never
     do. 0 turns it off."""
+    feature_render: float = attrs.field(default=0.0, validator=_weight)
+    """Weight of a re-render loss read by that frozen network (needs
+    ``feature_d``): the network reads the continuous factors (place,
+    size, turn, hue, background) off G's unaugmented image, the renderer
+    draws them as the asked class, and G pays its squared distance to
+    that drawing (:func:`~lclr_shapes.gan.features.render_distance`; the
+    drawing is a fixed target). It teaches the outline a class has where
+    G draws it, which the adversarial losses teach only slowly. The
+    synthetic world's own renderer makes it possible; a GAN of photos
+    has nothing like it. 0 turns it off."""
     feature_width: int = attrs.field(default=8, validator=_positive)
     """Width of that network (a factor predictor; the evaluator's is 16)."""
     feature_steps: int = attrs.field(default=3000, validator=_positive)
@@ -223,6 +234,13 @@ class GanConfig:
             )
         if self.feature_class and not self.conditional:
             raise ValueError("feature_class needs a conditional run (classes)")
+        if self.feature_render and not self.feature_d:
+            raise ValueError(
+                "feature_render reads the feature network, which only feature_d "
+                "trains; give feature_d a weight above 0 too"
+            )
+        if self.feature_render and not self.conditional:
+            raise ValueError("feature_render needs a conditional run (classes)")
         if self.arch == "biggan" and not self.conditional:
             raise ValueError("arch biggan is class-conditional; keep conditional")
         if self.arch == "biggan" and self.pl_weight:

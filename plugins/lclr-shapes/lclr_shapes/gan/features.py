@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lclr_shapes.gan.networks import EqConv2d, EqLinear, halve, lrelu, minibatch_stddev
-from lclr_shapes.predictor import SIZE, FactorPredictor
+from lclr_shapes.predictor import SIZE, FactorPredictor, decode
+from lclr_shapes.render import into_range, render
 
 TAPS = (6, 13, 20)
 """Indices in the backbone's ``body`` after which its 16, 8 and 4 pixel
@@ -47,6 +48,28 @@ def backbone_features(net: FactorPredictor, img: torch.Tensor) -> list[torch.Ten
             out.append(x)
     out.append(x)  # (N, 128)
     return out
+
+
+@torch.no_grad()
+def render_target(
+    net: FactorPredictor, vector: torch.Tensor, shape: torch.Tensor, size: int
+) -> torch.Tensor:
+    """A clean render, in [-1, 1], of the factors ``net`` reads from the
+    feature ``vector`` of images (the last entry of
+    :func:`backbone_features`), drawn as the classes ``shape`` ``(N,)``
+    rather than the ones it reads. A fixed target: no gradient flows
+    through the reading or the drawing."""
+    factors = decode(net.regression(vector))
+    factors["shape"] = shape
+    return render(into_range(factors), size) * 2.0 - 1.0
+
+
+def render_distance(img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The squared distance of ``(N, 3, H, W)`` images to their targets:
+    summed over pixels (averaged over colour channels), averaged over the
+    batch, so its gradient on one image is of the size of the image's
+    error rather than shrunk by its pixel count."""
+    return (img - target).square().mean(dim=1).sum(dim=(1, 2)).mean()
 
 
 class _MapHead(nn.Module):

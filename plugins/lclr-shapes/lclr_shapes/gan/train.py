@@ -36,7 +36,12 @@ from lclr.runfolder import save_state
 from lclr_shapes import render
 from lclr_shapes.gan.augment import augment
 from lclr_shapes.gan.config import GanConfig
-from lclr_shapes.gan.features import FeatureHeads, backbone_features
+from lclr_shapes.gan.features import (
+    FeatureHeads,
+    backbone_features,
+    render_distance,
+    render_target,
+)
 from lclr_shapes.gan.networks import Discriminator
 from lclr_shapes.predictor import FactorPredictor, train_predictor
 from lclr_stylegan2.model import StyleGAN2
@@ -357,12 +362,20 @@ class Trainer:
             loss_cls = F.cross_entropy(cls, c_fake.argmax(dim=1))
             loss_g = loss_g + cfg.class_loss * loss_cls
             metrics["cls_fake"] = loss_cls.item()
+        if cfg.feature_class or cfg.feature_render:
+            vector = backbone_features(self.F, fake)[-1]
         if cfg.feature_class:
             # ... and the frozen network, which G cannot train, agrees
-            shape_logits = self.F.classes(backbone_features(self.F, fake)[-1])
+            shape_logits = self.F.classes(vector)
             loss_fc = F.cross_entropy(shape_logits, c_fake.argmax(dim=1))
             loss_g = loss_g + cfg.feature_class * loss_fc
             metrics["feat_cls"] = loss_fc.item()
+        if cfg.feature_render:
+            # ... and draws the asked outline where that network reads one
+            target = render_target(self.F, vector, c_fake.argmax(dim=1), cfg.size)
+            loss_fr = render_distance(fake, target)
+            loss_g = loss_g + cfg.feature_render * loss_fr
+            metrics["feat_render"] = loss_fr.item()
         if cfg.mode_seeking:
             ratio = mode_seeking_ratio(fake, z)
             loss_g = loss_g + cfg.mode_seeking / (ratio + 1e-5)
