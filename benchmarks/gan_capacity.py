@@ -152,6 +152,12 @@ def main() -> None:
     ):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
+    if args.channels32 is not None and args.arch == "biggan":
+        parser.error("--channels32 is for --arch stylegan2; drop it with --arch biggan")
+    if args.biggan_width is not None and args.arch != "biggan":
+        parser.error(
+            "--biggan-width is for --arch biggan; add --arch biggan or drop it"
+        )
     if args.grid is not None and args.grid.suffix.lower() != ".png":
         parser.error(f"--grid '{args.grid}' is not a .png name")
     for path in (args.out, args.grid):  # before the minutes of training, not after

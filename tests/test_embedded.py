@@ -84,7 +84,8 @@ def test_capacity_benchmark_fits_the_generator_to_renders(
     "args",
     [["--out", "{tmp}"], ["--out", "{tmp}/afile/x.json"], ["--grid", "{tmp}/g.jpg"],
      ["--threads", "0"], ["--lr", "nan"], ["--channels32", "0"],
-     ["--score-samples", "1"]],
+     ["--score-samples", "1"], ["--biggan-width", "8"],
+     ["--arch", "biggan", "--channels32", "8"]],
 )  # fmt: skip
 def test_capacity_benchmark_checks_its_arguments_before_training(
     tmp_path, monkeypatch, capsys, args

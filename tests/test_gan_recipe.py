@@ -480,6 +480,20 @@ def test_feature_render_loss_pulls_g_to_a_render_of_what_the_network_reads():
     assert torch.equal(target, render.render(factors, 16) * 2 - 1)
 
 
+def test_the_progress_line_shows_the_frozen_networks_losses(tmp_path, caplog):
+    def progress_line(config, out):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="lclr_shapes.gan.train"):
+            train(config, out)
+        return next(m for m in caplog.messages if m.startswith("step 1 kimg"))
+
+    settings = dict(feature_d=1.0, feature_steps=1, feature_width=4, steps=1)
+    config = tiny(feature_class=1.0, feature_render=0.1, **settings)
+    line = progress_line(config, tmp_path / "a")
+    assert " feat_g " in line and " feat_cls " in line and " feat_render " in line
+    assert " feat_" not in progress_line(tiny(steps=1), tmp_path / "b")
+
+
 def test_render_target_redraws_a_render_from_a_trained_reading():
     # With a trained reader (the shipped predictor), the target of a real
     # render is that render, up to the reader's error: the factors are
@@ -617,6 +631,9 @@ def test_late_settings_take_over_at_their_step():
         ({"feature_class": 1.0}, "give feature_d a weight above 0"),
         ({"feature_class": 1.0, "feature_d": 1.0, "conditional": False}, "needs a"),
         ({"feature_render": 1.0}, "give feature_d a weight above 0"),
+        # the Python API refuses a BigGAN-deep setting it would not use, too
+        ({"biggan_lr": 1e-3}, "biggan_lr is for arch biggan; add arch biggan or"),
+        ({"biggan_width": 8}, "biggan_width is for arch biggan; add arch biggan"),
         ({"feature_render": 1.0, "feature_d": 1.0, "conditional": False}, "needs a"),
     ],
 )
@@ -657,7 +674,12 @@ def test_command_line_late_settings_errors_are_one_line(tmp_path):
         # a --late NAME stays as typed, though an option has its name too
         (["--late-from", "2", "--late", "feature_class=1"], "setting 'feature_class'"),
         (["--late-from", "2", "--late", "r1_gamma=0"], "value above 0"),
-        (["--arch", "biggan", "--pl-weight", "1"], "--pl-weight (path-length"),
+        (
+            ["--arch", "biggan", "--pl-weight", "1"],
+            "--pl-weight (path-length regularisation) is for --arch stylegan2 "
+            "only; drop it for --arch biggan",
+        ),
+        (["--arch", "stylegan2", "--biggan-lr", "1e-3"], "--biggan-lr is for --arch"),
         (["--late-from", "5", "--late", "pl=1"], "late setting 'pl' is not allowed"),
     ]:
         result = CliRunner().invoke(train_gan, ["--out", str(tmp_path / "r"), *args])

@@ -125,7 +125,9 @@ def _in_flags(message: str) -> str:
     named = [f for f in FLAGS if "_" in f and f not in LATE_FIELDS]
     # a name in quotes is as the user typed it (a --late NAME), kept
     pattern = r"(?<!')\b(" + "|".join(named) + r")\b(?!')"
-    return re.sub(pattern, lambda m: flags[m.group(1)], message)
+    message = re.sub(pattern, lambda m: flags[m.group(1)], message)
+    # "arch biggan" is the option with its value
+    return re.sub(r"(?<!-)\barch (?=\w)", "--arch ", message)
 
 
 def _check_left_to_do(out: Path, config, step: int, elapsed: float) -> None:
@@ -347,15 +349,6 @@ def train_gan(
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
-    if not resume and given.get("arch", "stylegan2") != "biggan":
-        # a BigGAN-deep setting on a StyleGAN2 would be silently unused
-        from lclr_shapes.gan.config import FLAGS
-
-        for field in ("biggan_width", "biggan_lr"):
-            if field in given:
-                raise ConfigError(
-                    f"{FLAGS[field]} is for --arch biggan; add --arch biggan or drop it"
-                )
     limits = {"minutes": minutes, "steps": steps}
     if resume:
         # one clear line when there is nothing to resume, or other settings

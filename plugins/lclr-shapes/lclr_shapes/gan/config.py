@@ -241,6 +241,16 @@ class GanConfig:
             )
         if self.feature_render and not self.conditional:
             raise ValueError("feature_render needs a conditional run (classes)")
+        if self.arch != "biggan":
+            # a BigGAN-deep setting on another arch would be silently unused
+            for name in ("biggan_width", "biggan_lr"):
+                if (
+                    getattr(self, name)
+                    != getattr(attrs.fields(GanConfig), name).default
+                ):
+                    raise ValueError(
+                        f"{name} is for arch biggan; add arch biggan or drop it"
+                    )
         if self.arch == "biggan" and not self.conditional:
             raise ValueError("arch biggan is class-conditional; keep conditional")
         if self.arch == "biggan" and self.pl_weight:

@@ -691,9 +691,15 @@ def train(
                 }
                 metrics_file.write(json.dumps(finite, allow_nan=False) + "\n")
                 metrics_file.flush()
+                # the frozen network's losses, in the runs that pay them
+                extra = "".join(
+                    f" {k} {record[k]:.3f}"
+                    for k in ("feat_g", "feat_cls", "feat_render")
+                    if k in record
+                )
                 logger.info(
                     "step %d kimg %.1f min %.1f s/step %.3f loss_d %.3f "
-                    "loss_g %.3f d_real %.2f d_fake %.2f r1 %s ms %s",
+                    "loss_g %.3f d_real %.2f d_fake %.2f r1 %s ms %s%s",
                     trainer.step,
                     record["kimg"],
                     record["minutes"],
@@ -704,6 +710,7 @@ def train(
                     record["d_fake"],
                     _figure(record.get("r1"), ".4f"),
                     _figure(record.get("ms_ratio"), ".3f"),
+                    extra,
                 )
                 if not all(math.isfinite(record[k]) for k in ("loss_d", "loss_g")):
                     # the diverged state is not saved over the last good one
