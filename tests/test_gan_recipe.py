@@ -480,6 +480,16 @@ def test_feature_render_loss_pulls_g_to_a_render_of_what_the_network_reads():
     assert torch.equal(target, render.render(factors, 16) * 2 - 1)
 
 
+def test_a_late_feature_render_is_paid_from_late_from_on():
+    from lclr_shapes.gan.train import Trainer
+
+    settings = dict(steps=None, feature_d=1.0, feature_steps=1, feature_width=4)
+    late = dict(late_from=2, late={"feature_render": 0.5})
+    trainer = Trainer(tiny(**settings, **late))
+    paid = ["feat_render" in trainer.train_step() for _ in range(4)]
+    assert paid == [False, False, True, True]
+
+
 def test_the_progress_line_shows_the_frozen_networks_losses(tmp_path, caplog):
     def progress_line(config, out):
         caplog.clear()
@@ -631,6 +641,7 @@ def test_late_settings_take_over_at_their_step():
         ({"feature_class": 1.0}, "give feature_d a weight above 0"),
         ({"feature_class": 1.0, "feature_d": 1.0, "conditional": False}, "needs a"),
         ({"feature_render": 1.0}, "give feature_d a weight above 0"),
+        ({"late_from": 2, "late": {"feature_render": 1.0}}, "give feature_d a"),
         # the Python API refuses a BigGAN-deep setting it would not use, too
         ({"biggan_lr": 1e-3}, "biggan_lr is for arch biggan; add arch biggan or"),
         ({"biggan_width": 8}, "biggan_width is for arch biggan; add arch biggan"),

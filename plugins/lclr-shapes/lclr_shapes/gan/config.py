@@ -31,7 +31,7 @@ def _int_keys(value) -> dict[int, int]:
     return {int(k): int(v) for k, v in dict(value).items()}
 
 
-LATE_FIELDS = ("mode_seeking", "r1_gamma", "augment_p", "class_loss")
+LATE_FIELDS = ("mode_seeking", "r1_gamma", "augment_p", "class_loss", "feature_render")
 """Settings a run may change at ``late_from`` (see :attr:`GanConfig.late`)."""
 
 FLAGS = {
@@ -234,12 +234,14 @@ class GanConfig:
             )
         if self.feature_class and not self.conditional:
             raise ValueError("feature_class needs a conditional run (classes)")
-        if self.feature_render and not self.feature_d:
+        # paid from the start, or switched on at late_from
+        renders = self.feature_render or self.late.get("feature_render")
+        if renders and not self.feature_d:
             raise ValueError(
                 "feature_render reads the feature network, which only feature_d "
                 "trains; give feature_d a weight above 0 too"
             )
-        if self.feature_render and not self.conditional:
+        if renders and not self.conditional:
             raise ValueError("feature_render needs a conditional run (classes)")
         if self.arch != "biggan":
             # a BigGAN-deep setting on another arch would be silently unused
