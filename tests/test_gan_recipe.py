@@ -146,6 +146,8 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
         {"feature_d": 2.0, "ema_kimg": 5.0, "steps": 26000},
         {"arch": "biggan", "batch": 32, "feature_d": 2.0, "feature_class": 1.0},
         {"arch": "biggan", "feature_d": 2.0, "feature_render": 0.1},
+        {"feature_d": 1.0, "late_from": 9, "late": {"feature_render": 0.2}},
+        {"minutes": 1 / 7},  # once recorded as 0.142857
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -645,6 +647,8 @@ def test_late_settings_take_over_at_their_step():
         # the Python API refuses a BigGAN-deep setting it would not use, too
         ({"biggan_lr": 1e-3}, "biggan_lr is for arch biggan; add arch biggan or"),
         ({"biggan_width": 8}, "biggan_width is for arch biggan; add arch biggan"),
+        ({"feature_width": 4}, "feature_width sets the feature network, which"),
+        ({"feature_steps": 9, "feature_d": 0.0}, "give feature_d a weight above 0 or"),
         ({"feature_render": 1.0, "feature_d": 1.0, "conditional": False}, "needs a"),
     ],
 )
@@ -691,6 +695,18 @@ def test_command_line_late_settings_errors_are_one_line(tmp_path):
             "only; drop it for --arch biggan",
         ),
         (["--arch", "stylegan2", "--biggan-lr", "1e-3"], "--biggan-lr is for --arch"),
+        # given at its default value, an unused option is still refused
+        (["--biggan-width", "16"], "--biggan-width is for --arch biggan; add"),
+        (["--biggan-lr", "0.0002"], "--biggan-lr is for --arch biggan; add"),
+        (["--feature-width", "8"], "--feature-width sets the feature network"),
+        (["--feature-steps", "3000", "--feature-d", "0"], "--feature-steps sets"),
+        # a late name stays as typed, in the message's first words too
+        (
+            ["--late-from", "2", "--late", "feature_render=0.3"],
+            "late feature_render reads the feature network, which only "
+            "--feature-d trains",
+        ),
+        (["--late-from", "2", "--late", "arch biggan=1"], "setting 'arch biggan'"),
         (["--late-from", "5", "--late", "pl=1"], "late setting 'pl' is not allowed"),
     ]:
         result = CliRunner().invoke(train_gan, ["--out", str(tmp_path / "r"), *args])
@@ -774,6 +790,65 @@ def test_resume_refuses_settings_other_than_the_runs_own(tmp_path):
     assert (out / "config.json").read_text() == before.replace(
         '"steps": 1', '"steps": 2'
     )
+
+
+def test_a_loss_that_overflows_stops_the_run_at_once_and_saves_nothing(tmp_path):
+    # Found by a break-test: with --feature-render 1e36 the G loss was
+    # infinite while the logged loss_g (the adversarial part) was not; the
+    # run said it finished and saved a generator of NaNs.
+    from lclr_shapes.gan.train import TrainingDiverged
+
+    settings = dict(feature_d=1.0, feature_steps=1, feature_width=4, steps=1)
+    config = tiny(feature_render=1e36, checkpoint_minutes=0.0, **settings)
+    with pytest.raises(TrainingDiverged, match="diverged by step 1; .* step 0"):
+        train(config, tmp_path)
+    state = load_checkpoint(tmp_path)  # the one saved after the feature network
+    assert state["step"] == 0
+    assert all(torch.isfinite(t).all() for t in state["G"].values())
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path, monkeypatch):
+    # a finite loss can still step the weights into NaN (an overflowing
+    # gradient): the checkpoint keeps the last finite state
+    from lclr_shapes.gan.train import Trainer, TrainingDiverged
+
+    step = Trainer.train_step
+
+    def poisons_at_three(self):
+        metrics = step(self)
+        if self.step == 3:
+            next(self.G.parameters()).data.fill_(math.nan)
+        return metrics
+
+    monkeypatch.setattr(Trainer, "train_step", poisons_at_three)
+    with pytest.raises(TrainingDiverged, match="still holds step 2"):
+        train(tiny(steps=5, checkpoint_minutes=0.0, log_every=10), tmp_path)
+    assert load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_a_checkpoint_with_a_refused_config_is_one_line(tmp_path):
+    # a run the Python API once allowed (a StyleGAN2 with a BigGAN width)
+    from click.testing import CliRunner
+
+    from lclr.errors import CheckpointError
+    from lclr_shapes.gan.cli import export_gan, train_gan
+
+    train(tiny(steps=1), tmp_path / "run")
+    path = tmp_path / "run" / CHECKPOINT
+    state = torch.load(path, weights_only=True)
+    config = json.loads(state["config"])
+    state["config"] = json.dumps({**config, "biggan_width": 8})
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="holds a run config this version"):
+        load_checkpoint(tmp_path / "run")
+    for command, args in [
+        (train_gan, ["--out", str(tmp_path / "run"), "--resume", "--steps", "2"]),
+        (export_gan, [str(tmp_path / "run"), "--to", str(tmp_path / "x")]),
+    ]:
+        result = CliRunner().invoke(command, args)
+        assert isinstance(result.exception, CheckpointError)
+        assert "biggan_width is for arch biggan" in str(result.exception)
+    assert torch.load(path, weights_only=True)["step"] == 1  # left as it was
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -1011,7 +1086,9 @@ def test_one_pass_of_d_on_both_batches_equals_two(changes):
     from lclr_shapes.gan.train import Trainer
 
     torch.set_num_threads(1)
-    trainer = Trainer(tiny(feature_width=2, **changes))
+    if changes.get("feature_d"):
+        changes["feature_width"] = 2
+    trainer = Trainer(tiny(**changes))
     n = trainer.config.batch
     real, c_real = trainer.real_batch()
     c_fake = trainer.sample_classes(n)

@@ -126,8 +126,29 @@ def _in_flags(message: str) -> str:
     # a name in quotes is as the user typed it (a --late NAME), kept
     pattern = r"(?<!')\b(" + "|".join(named) + r")\b(?!')"
     message = re.sub(pattern, lambda m: flags[m.group(1)], message)
-    # "arch biggan" is the option with its value
-    return re.sub(r"(?<!-)\barch (?=\w)", "--arch ", message)
+    # "arch biggan" is the option with its value (in quotes: as typed)
+    return re.sub(r"(?<![-'])\barch (?=\w)", "--arch ", message)
+
+
+def _refuse_unused(given: dict) -> None:
+    """Refuse an option this run would not use, even at its default value
+    (which GanConfig, seeing only values, cannot tell from not given)."""
+    from lclr.errors import ConfigError
+    from lclr_shapes.gan.config import FLAGS
+
+    if given.get("arch", "stylegan2") != "biggan":
+        for field in ("biggan_width", "biggan_lr"):
+            if field in given:
+                raise ConfigError(
+                    f"{FLAGS[field]} is for --arch biggan; add --arch biggan or drop it"
+                )
+    if not given.get("feature_d"):
+        for field in ("feature_width", "feature_steps"):
+            if field in given:
+                raise ConfigError(
+                    f"{FLAGS[field]} sets the feature network, which only "
+                    "--feature-d trains; give --feature-d a weight above 0 or drop it"
+                )
 
 
 def _check_left_to_do(out: Path, config, step: int, elapsed: float) -> None:
@@ -244,7 +265,8 @@ def config_fields(
     multiple=True,
     metavar="NAME=VALUE",
     help="A setting that changes after --late-from steps (repeatable): "
-    "mode_seeking, r1_gamma, augment_p or class_loss, a finite number >= 0.",
+    "mode_seeking, r1_gamma, augment_p, class_loss or feature_render, a "
+    "finite number >= 0.",
 )
 @click.option(
     "--biggan-width",
@@ -349,6 +371,8 @@ def train_gan(
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
+    if not resume:
+        _refuse_unused(given)
     limits = {"minutes": minutes, "steps": steps}
     if resume:
         # one clear line when there is nothing to resume, or other settings

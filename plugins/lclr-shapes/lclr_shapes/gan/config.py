@@ -55,6 +55,12 @@ FLAGS = {
 """The fields the training command's options set, and those options."""
 
 
+def _changed(config, *names: str) -> list[str]:
+    """Those of the fields ``names`` that differ from their defaults."""
+    fields = attrs.fields_dict(type(config))
+    return [n for n in names if getattr(config, n) != fields[n].default]
+
+
 def _late(value) -> dict[str, float]:
     late = {str(k): float(v) for k, v in dict(value or {}).items()}
     unknown = sorted(set(late) - set(LATE_FIELDS))
@@ -234,25 +240,30 @@ class GanConfig:
             )
         if self.feature_class and not self.conditional:
             raise ValueError("feature_class needs a conditional run (classes)")
-        # paid from the start, or switched on at late_from
-        renders = self.feature_render or self.late.get("feature_render")
-        if renders and not self.feature_d:
-            raise ValueError(
-                "feature_render reads the feature network, which only feature_d "
-                "trains; give feature_d a weight above 0 too"
-            )
-        if renders and not self.conditional:
-            raise ValueError("feature_render needs a conditional run (classes)")
+        # paid from the start, or switched on at late_from (named as given)
+        for name, weight in (
+            ("feature_render", self.feature_render),
+            ("late feature_render", self.late.get("feature_render")),
+        ):
+            if weight and not self.feature_d:
+                raise ValueError(
+                    f"{name} reads the feature network, which only feature_d "
+                    "trains; give feature_d a weight above 0 too"
+                )
+            if weight and not self.conditional:
+                raise ValueError(f"{name} needs a conditional run (classes)")
+        # a setting this run would not use is refused, not silently kept
         if self.arch != "biggan":
-            # a BigGAN-deep setting on another arch would be silently unused
-            for name in ("biggan_width", "biggan_lr"):
-                if (
-                    getattr(self, name)
-                    != getattr(attrs.fields(GanConfig), name).default
-                ):
-                    raise ValueError(
-                        f"{name} is for arch biggan; add arch biggan or drop it"
-                    )
+            for name in _changed(self, "biggan_width", "biggan_lr"):
+                raise ValueError(
+                    f"{name} is for arch biggan; add arch biggan or drop it"
+                )
+        if not self.feature_d:
+            for name in _changed(self, "feature_width", "feature_steps"):
+                raise ValueError(
+                    f"{name} sets the feature network, which only feature_d "
+                    "trains; give feature_d a weight above 0 or drop it"
+                )
         if self.arch == "biggan" and not self.conditional:
             raise ValueError("arch biggan is class-conditional; keep conditional")
         if self.arch == "biggan" and self.pl_weight:

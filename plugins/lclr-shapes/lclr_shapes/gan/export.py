@@ -48,7 +48,7 @@ def _recipe(config: GanConfig) -> str:
         else:
             parts.append(f"{flag} {value if isinstance(value, str) else repr(value)}")
     if config.minutes is not None:
-        parts.append(f"--minutes {config.minutes:g}")
+        parts.append(f"--minutes {config.minutes!r}")  # every digit
     if config.steps is not None:
         parts.append(f"--steps {config.steps}")
     return " ".join(parts)

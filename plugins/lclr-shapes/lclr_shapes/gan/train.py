@@ -316,6 +316,7 @@ class Trainer:
             loss_d = loss_d + cfg.class_loss * loss_cls
             metrics["cls_real"] = loss_cls.item()
         loss_d = loss_d + F.softplus(-logits_real).mean()
+        _finite(loss_d, "D")
         self.opt_D.zero_grad(set_to_none=True)
         if self.FD is not None:
             self.opt_FD.zero_grad(set_to_none=True)
@@ -334,6 +335,7 @@ class Trainer:
             (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
             penalty = grad.square().sum(dim=(1, 2, 3))  # (N,)
             loss_r1 = penalty.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval
+            _finite(loss_r1, "R1")
             self.opt_D.zero_grad(set_to_none=True)
             (loss_r1 + logits.mean() * 0).backward()
             self.opt_D.step()
@@ -380,6 +382,7 @@ class Trainer:
             ratio = mode_seeking_ratio(fake, z)
             loss_g = loss_g + cfg.mode_seeking / (ratio + 1e-5)
             metrics["ms_ratio"] = ratio.item()
+        _finite(loss_g, "G")  # every weighed part, not only the logged one
         self.opt_G.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_G.step()
@@ -393,6 +396,17 @@ class Trainer:
         self.nimg += n
         self._update_ema()
         return metrics
+
+    def weights_finite(self) -> bool:
+        """Whether every float tensor of the networks is finite."""
+        nets = [self.G, self.D, self.G_ema, self.FD]
+        return all(
+            bool(torch.isfinite(t).all())
+            for net in nets
+            if net is not None
+            for t in net.state_dict().values()
+            if t.is_floating_point()
+        )
 
     def _path_length_step(self) -> float:
         cfg = self.config
@@ -508,11 +522,29 @@ def load_checkpoint(folder: str | Path, command: str = COMMAND) -> dict:
         ) from None
     if not isinstance(state, dict) or "G_ema" not in state:
         raise CheckpointError(f"{path} is not a GAN training checkpoint")
+    try:
+        GanConfig.from_json(state["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        # e.g. settings an older version let the Python API combine
+        raise CheckpointError(
+            f"{path} holds a run config this version refuses ({exc}); train a new run"
+        ) from None
     return state
 
 
 class TrainingDiverged(LclrError):
     """The losses became NaN or infinite; the last checkpoint is kept."""
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A loss of the step in flight is NaN or infinite: nothing is stepped
+    with it, and the loop stops without saving."""
+
+
+def _finite(loss: torch.Tensor, which: str) -> None:
+    """Raise :class:`NonFiniteLoss` when ``loss`` is NaN or infinite."""
+    if not math.isfinite(loss.item()):
+        raise NonFiniteLoss(f"{which} loss {loss.item()}")
 
 
 def _drop_rows_after(path: Path, step: int) -> None:
@@ -659,13 +691,28 @@ def train(
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
 
+    def diverged(step: int) -> TrainingDiverged:
+        # the diverged state is never saved over the last good one
+        kept = (
+            f"{out / CHECKPOINT} still holds step {saved_step}"
+            if saved_step is not None
+            else "no checkpoint was written"
+        )
+        return TrainingDiverged(
+            f"the GAN's loss diverged by step {step}; {kept}; train a new run "
+            "with smaller loss weights (or, for a BigGAN, a lower --biggan-lr)"
+        )
+
     with (
         _abort_names_the_checkpoint(out, command, lambda: saved_step),
         sigint_flag() as stop,
         open(out / "metrics.jsonl", "a") as metrics_file,
     ):
         while not _done(trainer) and not stop.is_set():
-            metrics = trainer.train_step()
+            try:
+                metrics = trainer.train_step()
+            except NonFiniteLoss:
+                raise diverged(trainer.step + 1) from None
             trainer.elapsed = base + time.monotonic() - started
             if trainer.step == late_from:
                 logger.info("after step %d: late settings %s", late_from, config.late)
@@ -713,17 +760,7 @@ def train(
                     extra,
                 )
                 if not all(math.isfinite(record[k]) for k in ("loss_d", "loss_g")):
-                    # the diverged state is not saved over the last good one
-                    kept = (
-                        f"{out / CHECKPOINT} still holds step {saved_step}"
-                        if saved_step is not None
-                        else "no checkpoint was written"
-                    )
-                    raise TrainingDiverged(
-                        f"the GAN's loss diverged by step {trainer.step}; {kept}; "
-                        "train a new run with smaller loss weights (or, for "
-                        "a BigGAN, a lower --biggan-lr)"
-                    )
+                    raise diverged(trainer.step)
                 sums, counts, window_t, window_steps = {}, {}, now, 0
 
             # Sample grid and collapse check.
@@ -734,10 +771,14 @@ def train(
             # Checkpoint.
             if trainer.elapsed - last_ckpt >= config.checkpoint_minutes * 60:
                 last_ckpt = trainer.elapsed
+                if not trainer.weights_finite():
+                    raise diverged(trainer.step)
                 trainer.save(out)
                 saved_step = trainer.step
                 logger.info("checkpoint at step %d", trainer.step)
 
+    if not trainer.weights_finite():
+        raise diverged(trainer.step)
     trainer.save(out)
     if stop.is_set():
         # Ctrl-C: the step in flight was finished and saved
