@@ -647,6 +647,8 @@ def test_late_settings_take_over_at_their_step():
         # the Python API refuses a BigGAN-deep setting it would not use, too
         ({"biggan_lr": 1e-3}, "biggan_lr is for arch biggan; add arch biggan or"),
         ({"biggan_width": 8}, "biggan_width is for arch biggan; add arch biggan"),
+        ({"arch": "biggan", "biggan_lr": math.inf}, "biggan_lr must be a finite"),
+        ({"lr": math.nan}, "lr must be a finite number > 0"),
         ({"feature_width": 4}, "feature_width sets the feature network, which"),
         ({"feature_steps": 9, "feature_d": 0.0}, "give feature_d a weight above 0 or"),
         ({"feature_render": 1.0, "feature_d": 1.0, "conditional": False}, "needs a"),
@@ -824,6 +826,17 @@ def test_weights_that_are_not_finite_are_never_saved(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="still holds step 2"):
         train(tiny(steps=5, checkpoint_minutes=0.0, log_every=10), tmp_path)
     assert load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_an_overflowing_optimiser_state_is_never_saved(tmp_path):
+    # Found by a break-test: --mode-seeking 1e38 kept the loss finite but
+    # made Adam's squared gradients infinite, which froze G; the run said
+    # it finished and saved that state.
+    from lclr_shapes.gan.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written"):
+        train(tiny(steps=3, mode_seeking=1e38), tmp_path)
+    assert not (tmp_path / CHECKPOINT).exists()
 
 
 def test_a_checkpoint_with_a_refused_config_is_one_line(tmp_path):

@@ -13,6 +13,11 @@ def _positive(instance, attribute, value):
         raise ValueError(f"{attribute.name} must be > 0, got {value}")
 
 
+def _rate(instance, attribute, value):
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value}")
+
+
 def _check_weight(name: str, value: float) -> None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -125,7 +130,7 @@ class GanConfig:
     """Condition G and D on the shape class (one-hot, drawn uniformly)."""
     batch: int = attrs.field(default=16, validator=_positive)
     """Images per step, for D and for G alike."""
-    lr: float = attrs.field(default=0.002, validator=_positive)
+    lr: float = attrs.field(default=0.002, validator=_rate)
     """Adam learning rate of G and D (betas 0, 0.99)."""
     r1_gamma: float = attrs.field(default=0.1, validator=_weight)
     """Weight of the R1 penalty on real images."""
@@ -180,7 +185,7 @@ class GanConfig:
     """BigGAN-deep blocks: (up-sample, in multiple, out multiple) each."""
     biggan_attention: int = 4
     """Block the self-attention precedes (-1: none); 4 is at 16 px."""
-    biggan_lr: float = attrs.field(default=0.0002, validator=_positive)
+    biggan_lr: float = attrs.field(default=0.0002, validator=_rate)
     """Adam learning rate of a BigGAN-deep G (D keeps ``lr``)."""
 
     feature_d: float = attrs.field(default=0.0, validator=_weight)

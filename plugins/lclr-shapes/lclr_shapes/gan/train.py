@@ -398,14 +398,21 @@ class Trainer:
         return metrics
 
     def weights_finite(self) -> bool:
-        """Whether every float tensor of the networks is finite."""
-        nets = [self.G, self.D, self.G_ema, self.FD]
-        return all(
-            bool(torch.isfinite(t).all())
-            for net in nets
+        """Whether every float tensor of the networks and of their
+        optimisers' state is finite (a huge loss weight can leave the loss
+        finite and overflow Adam's squared gradients)."""
+        tensors = [
+            t
+            for net in (self.G, self.D, self.G_ema, self.FD)
             if net is not None
             for t in net.state_dict().values()
-            if t.is_floating_point()
+        ]
+        for opt in (self.opt_G, self.opt_D, self.opt_FD):
+            if opt is not None:
+                for slot in opt.state.values():
+                    tensors += [t for t in slot.values() if torch.is_tensor(t)]
+        return all(
+            bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()
         )
 
     def _path_length_step(self) -> float:
