@@ -130,27 +130,6 @@ def _in_flags(message: str) -> str:
     return re.sub(r"(?<![-'])\barch (?=\w)", "--arch ", message)
 
 
-def _refuse_unused(given: dict) -> None:
-    """Refuse an option this run would not use, even at its default value
-    (which GanConfig, seeing only values, cannot tell from not given)."""
-    from lclr.errors import ConfigError
-    from lclr_shapes.gan.config import FLAGS
-
-    if given.get("arch", "stylegan2") != "biggan":
-        for field in ("biggan_width", "biggan_lr"):
-            if field in given:
-                raise ConfigError(
-                    f"{FLAGS[field]} is for --arch biggan; add --arch biggan or drop it"
-                )
-    if not given.get("feature_d"):
-        for field in ("feature_width", "feature_steps"):
-            if field in given:
-                raise ConfigError(
-                    f"{FLAGS[field]} sets the feature network, which only "
-                    "--feature-d trains; give --feature-d a weight above 0 or drop it"
-                )
-
-
 def _check_left_to_do(out: Path, config, step: int, elapsed: float) -> None:
     """Refuse a resume that would train no step: the run already has the
     ``config``'s steps or minutes (the saved totals or the given ones)."""
@@ -357,7 +336,7 @@ def train_gan(
     import torch
 
     from lclr.errors import ConfigError
-    from lclr_shapes.gan.config import GanConfig
+    from lclr_shapes.gan.config import GanConfig, refuse_unused
     from lclr_shapes.gan.train import train
 
     torch.set_num_threads(threads)
@@ -371,8 +350,6 @@ def train_gan(
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 
-    if not resume:
-        _refuse_unused(given)
     limits = {"minutes": minutes, "steps": steps}
     if resume:
         # one clear line when there is nothing to resume, or other settings
@@ -386,6 +363,8 @@ def train_gan(
         limits = {k: v for k, v in limits.items() if v is not None}
     try:
         config = GanConfig(**limits, **given)
+        # given at its default value, an unused option is refused too
+        refuse_unused(config, given)
     except ValueError as exc:
         raise ConfigError(_in_flags(str(exc))) from exc
     if resume:

@@ -60,10 +60,28 @@ FLAGS = {
 """The fields the training command's options set, and those options."""
 
 
-def _changed(config, *names: str) -> list[str]:
-    """Those of the fields ``names`` that differ from their defaults."""
-    fields = attrs.fields_dict(type(config))
-    return [n for n in names if getattr(config, n) != fields[n].default]
+USED_ONLY_WITH = {
+    "biggan_width": "is for arch biggan; add arch biggan or drop it",
+    "biggan_lr": "is for arch biggan; add arch biggan or drop it",
+    "feature_width": "sets the feature network, which only feature_d trains; "
+    "give feature_d a weight above 0 or drop it",
+    "feature_steps": "sets the feature network, which only feature_d trains; "
+    "give feature_d a weight above 0 or drop it",
+}
+"""Fields that only some runs use, and what to do when one is set for a
+run that would not use it."""
+
+
+def refuse_unused(config, names) -> None:
+    """Raise ValueError for the first of the fields ``names`` that
+    ``config`` would not use (a BigGAN-deep setting on another arch, a
+    feature-network setting without ``feature_d``)."""
+    unused = {"feature_width", "feature_steps"} if not config.feature_d else set()
+    if config.arch != "biggan":
+        unused |= {"biggan_width", "biggan_lr"}
+    for name in names:
+        if name in unused:
+            raise ValueError(f"{name} {USED_ONLY_WITH[name]}")
 
 
 def _late(value) -> dict[str, float]:
@@ -258,17 +276,9 @@ class GanConfig:
             if weight and not self.conditional:
                 raise ValueError(f"{name} needs a conditional run (classes)")
         # a setting this run would not use is refused, not silently kept
-        if self.arch != "biggan":
-            for name in _changed(self, "biggan_width", "biggan_lr"):
-                raise ValueError(
-                    f"{name} is for arch biggan; add arch biggan or drop it"
-                )
-        if not self.feature_d:
-            for name in _changed(self, "feature_width", "feature_steps"):
-                raise ValueError(
-                    f"{name} sets the feature network, which only feature_d "
-                    "trains; give feature_d a weight above 0 or drop it"
-                )
+        defaults = attrs.fields_dict(GanConfig)
+        changed = [n for n in USED_ONLY_WITH if getattr(self, n) != defaults[n].default]
+        refuse_unused(self, changed)
         if self.arch == "biggan" and not self.conditional:
             raise ValueError("arch biggan is class-conditional; keep conditional")
         if self.arch == "biggan" and self.pl_weight:

@@ -397,7 +397,7 @@ class Trainer:
         self._update_ema()
         return metrics
 
-    def weights_finite(self) -> bool:
+    def state_finite(self) -> bool:
         """Whether every float tensor of the networks and of their
         optimisers' state is finite (a huge loss weight can leave the loss
         finite and overflow Adam's squared gradients)."""
@@ -778,13 +778,13 @@ def train(
             # Checkpoint.
             if trainer.elapsed - last_ckpt >= config.checkpoint_minutes * 60:
                 last_ckpt = trainer.elapsed
-                if not trainer.weights_finite():
+                if not trainer.state_finite():
                     raise diverged(trainer.step)
                 trainer.save(out)
                 saved_step = trainer.step
                 logger.info("checkpoint at step %d", trainer.step)
 
-    if not trainer.weights_finite():
+    if not trainer.state_finite():
         raise diverged(trainer.step)
     trainer.save(out)
     if stop.is_set():
