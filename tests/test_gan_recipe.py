@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -148,6 +149,7 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
         {"arch": "biggan", "feature_d": 2.0, "feature_render": 0.1},
         {"feature_d": 1.0, "late_from": 9, "late": {"feature_render": 0.2}},
         {"minutes": 1 / 7},  # once recorded as 0.142857
+        {"arch": "biggan", "feature_d": 2.0, "mbstd_by": "class"},
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -1092,7 +1094,11 @@ def test_the_hint_to_train_first_names_the_command_as_typed(tmp_path, typed):
     assert hint in str(result.exception) + result.output
 
 
-@pytest.mark.parametrize("changes", [{}, {"feature_d": 1.0}, {"conditional": False}])
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"feature_d": 1.0}, {"conditional": False},
+     {"feature_d": 1.0, "mbstd_by": "class", "batch": 8}],
+)  # fmt: skip
 def test_one_pass_of_d_on_both_batches_equals_two(changes):
     # the D step judges generated and real images in one pass (faster on
     # CPU); each half must still see only its own minibatch std
@@ -1116,3 +1122,80 @@ def test_one_pass_of_d_on_both_batches_equals_two(changes):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_spread_of_each_class_is_the_formula_in_float64():
+    from lclr_shapes.gan.networks import class_stddev
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, 2, 2, generator=gen, dtype=torch.float64)
+    labels = [2, 0, 2, 1, 2, 0, 3]  # class 1 and 3 drawn once, class 4 never
+    c = torch.nn.functional.one_hot(torch.tensor(labels), 5).double()
+    got = class_stddev(x, c)
+    assert torch.equal(got[:, :3], x)
+    for i, k in enumerate(labels):
+        members = [x[j] for j in range(7) if labels[j] == k]
+        total = 0.0
+        for ch, h, w in itertools.product(range(3), range(2), range(2)):
+            values = [float(m[ch, h, w]) for m in members]
+            mean = sum(values) / len(values)
+            var = sum((v - mean) ** 2 for v in values) / len(values)
+            total += math.sqrt(var + 1e-8)
+        want = total / 12
+        assert torch.allclose(got[i, 3], torch.full((2, 2), want, dtype=torch.float64))
+
+
+def test_the_spread_of_each_class_is_the_groups_spread_when_groups_hold_one_class():
+    from lclr_shapes.gan.networks import class_stddev, minibatch_stddev
+
+    x = torch.randn(16, 5, 4, 4, generator=torch.Generator().manual_seed(1))
+    # groups of 4 take every 4th sample: with classes i % 4, one class each
+    c = torch.nn.functional.one_hot(torch.arange(16) % 4, 4).float()
+    torch.testing.assert_close(class_stddev(x, c), minibatch_stddev(x, 4))
+    halves = torch.cat([class_stddev(x[:8], c[:8]), class_stddev(x[8:], c[8:])])
+    torch.testing.assert_close(class_stddev(x, c, parts=2), halves)
+
+
+def test_a_class_drawn_one_way_shows_only_in_the_spread_of_each_class():
+    # A G that draws every sample of one class alike (and hops to another
+    # look as D catches up) kept the batch's spread high: the other
+    # classes vary. Per class, that class's spread is 0.
+    from lclr_shapes.gan.networks import class_stddev, minibatch_stddev
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(32, 8, 4, 4, generator=gen)
+    labels = torch.arange(32) % 4
+    x[labels == 0] = x[0].clone()  # class 0 collapsed
+    c = torch.nn.functional.one_hot(labels, 4).float()
+    by_class = class_stddev(x, c)[:, -1, 0, 0]
+    by_batch = minibatch_stddev(x, 32)[:, -1, 0, 0]
+    assert by_class[labels == 0].max() < 1e-3
+    assert by_class[labels != 0].min() > 0.5
+    assert by_batch.min() > 0.5  # the whole batch's spread does not see it
+
+
+def test_the_spread_of_each_class_needs_classes():
+    from lclr_shapes.gan.features import FeatureHeads
+
+    with pytest.raises(ValueError, match="mbstd_by class needs a conditional"):
+        GanConfig(mbstd_by="class", conditional=False)
+    with pytest.raises(ValueError, match="needs classes"):
+        Discriminator(16, {4: 8, 8: 8, 16: 8}, c_dim=0, mbstd_by_class=True)
+    with pytest.raises(ValueError, match="needs classes"):
+        FeatureHeads(2, 0, by_class=True)
+    with pytest.raises(ValueError):
+        GanConfig(mbstd_by="sample")
+
+
+def test_a_run_with_the_spread_of_each_class_trains_and_resumes_exactly(tmp_path):
+    torch.set_num_threads(1)
+    config = tiny(mbstd_by="class", feature_d=1.0, feature_width=2,
+                  feature_steps=2, steps=4)  # fmt: skip
+    whole = train(config, tmp_path / "whole")
+    train(attrs.evolve(config, steps=2), tmp_path / "part")
+    resumed = train(attrs.evolve(config, steps=4), tmp_path / "part", resume=True)
+    for a, b in zip(whole.D.parameters(), resumed.D.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(whole.G_ema.parameters(), resumed.G_ema.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert whole.D.mbstd_by_class and whole.FD.by_class

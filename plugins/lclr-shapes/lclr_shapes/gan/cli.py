@@ -169,6 +169,7 @@ def config_fields(
     ema_kimg=None,
     biggan_lr=None,
     mode_seeking=None,
+    mbstd_by=None,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
     given = {
@@ -186,6 +187,7 @@ def config_fields(
         "ema_kimg": ema_kimg,
         "biggan_lr": biggan_lr,
         "mode_seeking": mode_seeking,
+        "mbstd_by": mbstd_by,
         "late_from": late_from,
         "late": _late_settings(late) or None,
     }
@@ -299,6 +301,14 @@ def config_fields(
     help="Half-life of G's moving average, in thousands of images [10].",
 )
 @click.option(
+    "--mbstd-by",
+    type=click.Choice(["batch", "class"]),
+    default=None,
+    help="What D's minibatch standard deviation is taken over: groups of "
+    "the batch, or the samples of each class, which shows D a class drawn "
+    "one way [batch].",
+)
+@click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=2,
@@ -327,6 +337,7 @@ def train_gan(
     feature_width,
     feature_steps,
     ema_kimg,
+    mbstd_by,
     threads,
     resume,
     quiet,
@@ -346,7 +357,7 @@ def train_gan(
         late=late, feature_d=feature_d, feature_class=feature_class,
         feature_render=feature_render, feature_width=feature_width,
         feature_steps=feature_steps, ema_kimg=ema_kimg, biggan_lr=biggan_lr,
-        mode_seeking=mode_seeking,
+        mode_seeking=mode_seeking, mbstd_by=mbstd_by,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 

@@ -54,6 +54,7 @@ FLAGS = {
     "feature_width": "--feature-width",
     "feature_steps": "--feature-steps",
     "ema_kimg": "--ema-kimg",
+    "mbstd_by": "--mbstd-by",
     "late_from": "--late-from",
     "late": "--late",
 }
@@ -180,6 +181,14 @@ class GanConfig:
     """Half-life at most this share of the images seen so far (or 0)."""
     mbstd_group: int = 32
     """Group size of the minibatch standard-deviation layer."""
+    mbstd_by: str = attrs.field(
+        default="batch", validator=attrs.validators.in_(("batch", "class"))
+    )
+    """What that layer's spread is taken over, in D and the feature heads:
+    ``batch`` (groups of up to ``mbstd_group`` samples, every class mixed)
+    or ``class`` (the samples of each class in the batch): a G that draws
+    one image per class, changing it as D catches up, shows in the second
+    and hides in the first."""
     seed: int = 0
     """Seeds every random stream of the run."""
     minutes: float | None = attrs.field(default=None, validator=_positive)
@@ -261,6 +270,8 @@ class GanConfig:
                 "feature_class reads the feature network, which only feature_d "
                 "trains; give feature_d a weight above 0 too"
             )
+        if self.mbstd_by == "class" and not self.conditional:
+            raise ValueError("mbstd_by class needs a conditional run (classes)")
         if self.feature_class and not self.conditional:
             raise ValueError("feature_class needs a conditional run (classes)")
         # paid from the start, or switched on at late_from (named as given)

@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lclr_shapes.gan.networks import EqConv2d, EqLinear, halve, lrelu, minibatch_stddev
+from lclr_shapes.gan.networks import (
+    EqConv2d,
+    EqLinear,
+    class_stddev,
+    halve,
+    lrelu,
+    minibatch_stddev,
+)
 from lclr_shapes.predictor import SIZE, FactorPredictor, decode
 from lclr_shapes.render import into_range, render
 
@@ -72,6 +79,14 @@ def render_distance(img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (img - target).square().mean(dim=1).sum(dim=(1, 2)).mean()
 
 
+def _spread(x: torch.Tensor, group: int, parts: int, c) -> torch.Tensor:
+    """The minibatch standard deviation channel: over each class when the
+    one-hot ``c`` is given, else over groups of up to ``group``."""
+    if c is not None:
+        return class_stddev(x, c, parts)
+    return minibatch_stddev(x, group, parts)
+
+
 class _MapHead(nn.Module):
     """A 3x3 convolution, halvings down to 4 pixels, the minibatch
     standard deviation, a dense layer."""
@@ -86,11 +101,11 @@ class _MapHead(nn.Module):
             res //= 2
         self.fc = EqLinear((hidden + 1) * 16, hidden)
 
-    def forward(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, parts: int = 1, c=None) -> torch.Tensor:
         x = lrelu(self.inp(x))
         for conv in self.convs:
             x = halve(lrelu(conv(x)))
-        x = minibatch_stddev(x, self.group, parts)
+        x = _spread(x, self.group, parts, c)
         return lrelu(self.fc(x.flatten(1)))
 
 
@@ -102,8 +117,8 @@ class _VectorHead(nn.Module):
         self.group = group
         self.fc = EqLinear(in_dim + 1, hidden)
 
-    def forward(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
-        x = minibatch_stddev(x[:, :, None, None], self.group, parts)[:, :, 0, 0]
+    def forward(self, x: torch.Tensor, parts: int = 1, c=None) -> torch.Tensor:
+        x = _spread(x[:, :, None, None], self.group, parts, c)[:, :, 0, 0]
         return lrelu(self.fc(x))
 
 
@@ -111,16 +126,27 @@ class FeatureHeads(nn.Module):
     """One conditional head per feature level of a width-``width`` backbone.
 
     Each sees the standard deviation of its features over the batch (groups
-    of up to ``group``), as the pixel D does: without it the heads judged
-    samples one by one, and G drew every sample of a class in one hue.
+    of up to ``group``, or with ``by_class`` each class), as the pixel D
+    does: without it the heads judged samples one by one, and G drew every
+    sample of a class in one hue.
 
     ``forward`` takes the list :func:`backbone_features` returns and the
     ``(N, c_dim)`` one-hot classes and gives ``(N, levels)`` logits;
     ``parts`` is :class:`~lclr_shapes.gan.networks.Discriminator`'s.
     """
 
-    def __init__(self, width: int, c_dim: int, hidden: int = 64, group: int = 32):
+    def __init__(
+        self,
+        width: int,
+        c_dim: int,
+        hidden: int = 64,
+        group: int = 32,
+        by_class: bool = False,
+    ):
         super().__init__()
+        if by_class and not c_dim:
+            raise ValueError("by_class needs classes (c_dim > 0)")
+        self.by_class = by_class
         levels = [(width, 16), (2 * width, 8), (4 * width, 4)]
         heads: list[nn.Module] = [
             _MapHead(ch, res, hidden, group) for ch, res in levels
@@ -140,7 +166,7 @@ class FeatureHeads(nn.Module):
     ) -> torch.Tensor:
         logits = []
         for i, (head, out) in enumerate(zip(self.heads, self.outs)):
-            x = out(head(feats[i], parts))  # (N, hidden) or (N, 1)
+            x = out(head(feats[i], parts, c if self.by_class else None))
             if self.embeds is None:
                 logits.append(x[:, 0])
             else:

@@ -99,11 +99,36 @@ def minibatch_stddev(x: torch.Tensor, group: int = 4, parts: int = 1) -> torch.T
     return torch.cat([x, y.reshape(n, 1, h, w)], dim=1)
 
 
+def class_stddev(x: torch.Tensor, c: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    """Append one channel: the feature std over the samples of each
+    sample's class in the batch (``c``: ``(N, C)`` one-hot).
+
+    :func:`minibatch_stddev` over groups that mix classes cannot see a
+    generator that draws one image per class: the other classes keep the
+    group's spread high. Here each class is its own group, whatever its
+    count; a class drawn once has spread 0. ``parts`` as there.
+    """
+    if parts > 1:
+        pairs = zip(x.chunk(parts), c.chunk(parts))
+        return torch.cat([class_stddev(p, q) for p, q in pairs])
+    n, _, h, w = x.shape
+    c = c.to(x.dtype)
+    share = c / c.sum(dim=0).clamp(min=1)  # (N, C): each class's mean weights
+    mean = torch.einsum("nk,nchw->kchw", share, x)
+    dev = x - torch.einsum("nk,kchw->nchw", c, mean)
+    var = torch.einsum("nk,nchw->kchw", share, dev.square())
+    spread = (var + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (C,)
+    y = (c @ spread).reshape(n, 1, 1, 1).expand(n, 1, h, w)
+    return torch.cat([x, y], dim=1)
+
+
 class Discriminator(nn.Module):
     """Residual, class-conditional discriminator for square images.
 
     ``channels`` maps each resolution (size, size/2, ..., 8, 4) to its
-    channel count. With ``c_dim == 0`` it is unconditional.
+    channel count. With ``c_dim == 0`` it is unconditional. The minibatch
+    standard deviation is over groups of up to ``mbstd_group`` samples, or
+    with ``mbstd_by_class`` over each class (:func:`class_stddev`).
     """
 
     def __init__(
@@ -113,6 +138,7 @@ class Discriminator(nn.Module):
         c_dim: int = 0,
         cmap_dim: int = 128,
         mbstd_group: int = 4,
+        mbstd_by_class: bool = False,
     ):
         super().__init__()
         if size < 8 or size & (size - 1):
@@ -120,6 +146,9 @@ class Discriminator(nn.Module):
         self.size = size
         self.c_dim = c_dim
         self.mbstd_group = mbstd_group
+        if mbstd_by_class and not c_dim:
+            raise ValueError("mbstd_by_class needs classes (c_dim > 0)")
+        self.mbstd_by_class = mbstd_by_class
         self.from_rgb = EqConv2d(3, channels[size], 1)
         blocks = []
         res = size
@@ -154,7 +183,10 @@ class Discriminator(nn.Module):
         x = lrelu(self.from_rgb(img))
         for block in self.blocks:
             x = block(x)
-        x = minibatch_stddev(x, self.mbstd_group, parts)  # (N, C+1, 4, 4)
+        if self.mbstd_by_class:
+            x = class_stddev(x, c, parts)  # (N, C+1, 4, 4)
+        else:
+            x = minibatch_stddev(x, self.mbstd_group, parts)
         x = lrelu(self.conv(x))
         h = lrelu(self.fc(x.flatten(1)))  # (N, C)
         x = self.out(h)  # (N, cmap_dim)

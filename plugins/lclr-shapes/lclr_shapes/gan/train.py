@@ -118,6 +118,7 @@ class Trainer:
                 config.d_channels,
                 c_dim=self.c_dim,
                 mbstd_group=config.mbstd_group,
+                mbstd_by_class=config.mbstd_by == "class",
             )
         )
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -145,7 +146,10 @@ class Trainer:
                 self.F = channels_last_(FactorPredictor(width=config.feature_width))
                 self.FD = channels_last_(
                     FeatureHeads(
-                        config.feature_width, self.c_dim, group=config.mbstd_group
+                        config.feature_width,
+                        self.c_dim,
+                        group=config.mbstd_group,
+                        by_class=config.mbstd_by == "class",
                     )
                 )
             self.F.eval().requires_grad_(False)
