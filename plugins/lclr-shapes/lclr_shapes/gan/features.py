@@ -25,14 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lclr_shapes.gan.networks import (
-    EqConv2d,
-    EqLinear,
-    class_stddev,
-    halve,
-    lrelu,
-    minibatch_stddev,
-)
+from lclr_shapes.gan.networks import EqConv2d, EqLinear, halve, lrelu, spread_channel
 from lclr_shapes.predictor import SIZE, FactorPredictor, decode
 from lclr_shapes.render import into_range, render
 
@@ -79,14 +72,6 @@ def render_distance(img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (img - target).square().mean(dim=1).sum(dim=(1, 2)).mean()
 
 
-def _spread(x: torch.Tensor, group: int, parts: int, c) -> torch.Tensor:
-    """The minibatch standard deviation channel: over each class when the
-    one-hot ``c`` is given, else over groups of up to ``group``."""
-    if c is not None:
-        return class_stddev(x, c, parts)
-    return minibatch_stddev(x, group, parts)
-
-
 class _MapHead(nn.Module):
     """A 3x3 convolution, halvings down to 4 pixels, the minibatch
     standard deviation, a dense layer."""
@@ -105,7 +90,7 @@ class _MapHead(nn.Module):
         x = lrelu(self.inp(x))
         for conv in self.convs:
             x = halve(lrelu(conv(x)))
-        x = _spread(x, self.group, parts, c)
+        x = spread_channel(x, self.group, parts, c)
         return lrelu(self.fc(x.flatten(1)))
 
 
@@ -118,7 +103,7 @@ class _VectorHead(nn.Module):
         self.fc = EqLinear(in_dim + 1, hidden)
 
     def forward(self, x: torch.Tensor, parts: int = 1, c=None) -> torch.Tensor:
-        x = _spread(x[:, :, None, None], self.group, parts, c)[:, :, 0, 0]
+        x = spread_channel(x[:, :, None, None], self.group, parts, c)[:, :, 0, 0]
         return lrelu(self.fc(x))
 
 

@@ -122,6 +122,17 @@ def class_stddev(x: torch.Tensor, c: torch.Tensor, parts: int = 1) -> torch.Tens
     return torch.cat([x, y], dim=1)
 
 
+def spread_channel(
+    x: torch.Tensor, group: int, parts: int = 1, c: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The minibatch standard deviation channel a discriminator reads: over
+    each class when the one-hot ``c`` is given (:func:`class_stddev`), else
+    over groups of up to ``group`` (:func:`minibatch_stddev`)."""
+    if c is not None:
+        return class_stddev(x, c, parts)
+    return minibatch_stddev(x, group, parts)
+
+
 class Discriminator(nn.Module):
     """Residual, class-conditional discriminator for square images.
 
@@ -183,10 +194,8 @@ class Discriminator(nn.Module):
         x = lrelu(self.from_rgb(img))
         for block in self.blocks:
             x = block(x)
-        if self.mbstd_by_class:
-            x = class_stddev(x, c, parts)  # (N, C+1, 4, 4)
-        else:
-            x = minibatch_stddev(x, self.mbstd_group, parts)
+        by = c if self.mbstd_by_class else None
+        x = spread_channel(x, self.mbstd_group, parts, by)  # (N, C+1, 4, 4)
         x = lrelu(self.conv(x))
         h = lrelu(self.fc(x.flatten(1)))  # (N, C)
         x = self.out(h)  # (N, cmap_dim)

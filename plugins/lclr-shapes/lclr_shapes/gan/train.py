@@ -111,6 +111,7 @@ class Trainer:
         self.config = config
         torch.manual_seed(config.seed)
         self.c_dim = len(render.SHAPES) if config.conditional else 0
+        by_class = config.mbstd_by == "class"
         self.G = channels_last_(build_generator(config))
         self.D = channels_last_(
             Discriminator(
@@ -118,7 +119,7 @@ class Trainer:
                 config.d_channels,
                 c_dim=self.c_dim,
                 mbstd_group=config.mbstd_group,
-                mbstd_by_class=config.mbstd_by == "class",
+                mbstd_by_class=by_class,
             )
         )
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -149,7 +150,7 @@ class Trainer:
                         config.feature_width,
                         self.c_dim,
                         group=config.mbstd_group,
-                        by_class=config.mbstd_by == "class",
+                        by_class=by_class,
                     )
                 )
             self.F.eval().requires_grad_(False)
