@@ -262,6 +262,83 @@ def test_quality_samples_a_biggan_folder(exported):
     assert asked.shape == (6,) and asked.max() < 4
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["16-16,16-8u,8-8,8-4u,4-2,2-1u", "16-8,8-4u,4-4,4-2u,2-2,2-1u", "16-16"],
+)
+def test_blocks_text_round_trips(text):
+    from lclr_shapes.gan.config import BIGGAN_BLOCKS, blocks_text, parse_blocks
+
+    assert blocks_text(parse_blocks(text)) == text
+    assert parse_blocks(" 16-16, 16-8u ") == ((False, 16, 16), (True, 16, 8))
+    assert blocks_text(BIGGAN_BLOCKS) == "16-16,16-8u,8-8,8-4u,4-2,2-1u"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # not the syntax
+        (["--biggan-blocks", "16-8,8x4"], "--biggan-blocks takes IN-OUT channel"),
+        (["--biggan-blocks", ""], "--biggan-blocks takes IN-OUT channel"),
+        (["--biggan-blocks", "16-8,-4u"], "got '-4u'"),
+        # the syntax, but no network the format can hold
+        (["--biggan-blocks", "16-8,8-2u,2-1u"], "block 1 must keep or halve"),
+        (["--biggan-blocks", "8-4u,4-2u,2-1u"], "the first block must take 16"),
+        (["--biggan-blocks", "16-8u,8-4u,4-2"], "the last block must end with"),
+        (["--biggan-blocks", "16-8u,8-4,4-2u,2-1"], "give 16 px, not output_dim 32"),
+        (["--biggan-attention", "5", "--biggan-width", "3"], "at least 8 channels"),
+    ],
+)
+def test_a_biggan_architecture_that_does_not_fit_is_one_line(tmp_path, args, message):
+    from lclr_shapes.gan.cli import train_gan
+
+    out = tmp_path / "x"
+    result = CliRunner().invoke(
+        train_gan, ["--out", str(out), "--arch", "biggan", *args]
+    )
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ConfigError)
+    assert message in str(result.exception)
+    assert "\n" not in str(result.exception)
+    # the options, not the config's field names
+    assert "biggan_blocks" not in str(result.exception)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "option", [["--biggan-blocks", "16-8"], ["--biggan-attention", "2"]]
+)
+def test_biggan_architecture_options_are_refused_for_stylegan2(tmp_path, option):
+    from lclr_shapes.gan.cli import train_gan
+
+    result = CliRunner().invoke(train_gan, ["--out", str(tmp_path / "x"), *option])
+    assert result.exit_code != 0
+    assert f"{option[0]} is for --arch biggan; add" in str(result.exception)
+
+
+def test_command_line_sets_the_biggan_architecture(tmp_path):
+    from lclr_shapes.gan.cli import train_gan
+
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--arch", "biggan", "--steps", "1", "-q",
+            "--threads", "1", "--batch-size", "4", "--biggan-width", "4",
+            "--z-dim", "8", "--biggan-blocks", "16-8,8-4u,4-2u,2-1u",
+            "--biggan-attention", "-1"]  # fmt: skip
+    result = CliRunner().invoke(train_gan, args)
+    assert result.exit_code == 0, result.output
+    trainer = Trainer(GanConfig.from_json((out / "config.json").read_text()))
+    arch = trainer.G.config
+    assert (arch.z_dim, arch.channel_width, arch.output_dim) == (8, 4, 32)
+    assert arch.layers == ((False, 16, 8), (True, 8, 4), (True, 4, 2), (True, 2, 1))
+    assert not arch.has_attention()
+    # resuming with other blocks names the run's own, as the option spells them
+    result = CliRunner().invoke(
+        train_gan, ["--out", str(out), "--resume", "--biggan-blocks", "16-8,8-4u"]
+    )
+    assert result.exit_code != 0
+    assert "trained with --biggan-blocks 16-8,8-4u,4-2u,2-1u;" in str(result.exception)
+
+
 def test_command_line_trains_and_exports_a_biggan(tmp_path):
     from lclr_shapes.gan.cli import export_gan, train_gan
 

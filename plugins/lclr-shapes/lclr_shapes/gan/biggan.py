@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from lclr_shapes import render
-from lclr_shapes.gan.config import GanConfig
+from lclr_shapes.gan.config import GanConfig, blocks_text
 
 
 def biggan_config(config: GanConfig):
@@ -33,7 +33,11 @@ def biggan_config(config: GanConfig):
     )
     problems = check_config(arch)
     if problems:
-        raise ValueError(f"biggan settings: {problems[0]}")
+        raise ValueError(
+            f"these BigGAN-deep settings do not fit: {problems[0]} (biggan_blocks "
+            f"{blocks_text(config.biggan_blocks)}, biggan_attention "
+            f"{config.biggan_attention}, biggan_width {config.biggan_width})"
+        )
     return arch
 
 

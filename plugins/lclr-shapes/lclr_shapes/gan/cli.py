@@ -82,6 +82,19 @@ def _late_settings(pairs: tuple[str, ...]) -> dict[str, float]:
     return late
 
 
+def _blocks_setting(text: str | None):
+    """``--biggan-blocks`` as the config's tuples; one line if malformed."""
+    from lclr.errors import ConfigError
+    from lclr_shapes.gan.config import parse_blocks
+
+    if text is None:
+        return None
+    try:
+        return parse_blocks(text)
+    except ValueError as exc:
+        raise ConfigError(_in_flags(str(exc))) from None
+
+
 def _same_as_saved(saved, given: dict, out: Path) -> None:
     """Refuse settings given with --resume that differ from the run's own
     (a resumed run keeps its config; only --steps and --minutes change)."""
@@ -107,6 +120,10 @@ def _as_options(key: str, config) -> str:
         return " ".join(pairs) or "no --late settings"
     if value is None:
         return f"no {FLAGS[key]}"
+    if key == "biggan_blocks":
+        from lclr_shapes.gan.config import blocks_text
+
+        return f"{FLAGS[key]} {blocks_text(value)}"
     return f"{FLAGS[key]} {value}"
 
 
@@ -170,6 +187,9 @@ def config_fields(
     biggan_lr=None,
     mode_seeking=None,
     mbstd_by=None,
+    z_dim=None,
+    biggan_blocks=None,
+    biggan_attention=None,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
     given = {
@@ -179,6 +199,9 @@ def config_fields(
         "r1_gamma": r1_gamma,
         "pl_weight": pl_weight,
         "biggan_width": biggan_width,
+        "style_dim": z_dim,
+        "biggan_blocks": _blocks_setting(biggan_blocks),
+        "biggan_attention": biggan_attention,
         "feature_d": feature_d,
         "feature_class": feature_class,
         "feature_render": feature_render,
@@ -256,6 +279,25 @@ def config_fields(
     help="BigGAN-deep channel_width [16].",
 )
 @click.option(
+    "--biggan-blocks",
+    default=None,
+    metavar="IN-OUT,...",
+    help="BigGAN-deep blocks: channel multiples of --biggan-width in and "
+    "out, u after a block that up-samples [16-16,16-8u,8-8,8-4u,4-2,2-1u].",
+)
+@click.option(
+    "--biggan-attention",
+    type=click.IntRange(min=-1),
+    default=None,
+    help="BigGAN-deep block the self-attention comes before [4; -1: none].",
+)
+@click.option(
+    "--z-dim",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Size of z: StyleGAN2's z and w, BigGAN-deep's z and class embedding [128].",
+)
+@click.option(
     "--biggan-lr",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
@@ -330,6 +372,9 @@ def train_gan(
     late_from,
     late,
     biggan_width,
+    biggan_blocks,
+    biggan_attention,
+    z_dim,
     biggan_lr,
     feature_d,
     feature_class,
@@ -357,7 +402,8 @@ def train_gan(
         late=late, feature_d=feature_d, feature_class=feature_class,
         feature_render=feature_render, feature_width=feature_width,
         feature_steps=feature_steps, ema_kimg=ema_kimg, biggan_lr=biggan_lr,
-        mode_seeking=mode_seeking, mbstd_by=mbstd_by,
+        mode_seeking=mode_seeking, mbstd_by=mbstd_by, z_dim=z_dim,
+        biggan_blocks=biggan_blocks, biggan_attention=biggan_attention,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 

@@ -9,8 +9,9 @@ import attrs
 
 
 def _positive(instance, attribute, value):
-    if value is not None and not value > 0:  # NaN too
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+    # NaN fails the comparison; infinity (--minutes inf) would never stop
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value}")
 
 
 def _rate(instance, attribute, value):
@@ -46,7 +47,10 @@ FLAGS = {
     "r1_gamma": "--r1-gamma",
     "pl_weight": "--pl-weight",
     "mode_seeking": "--mode-seeking",
+    "style_dim": "--z-dim",
     "biggan_width": "--biggan-width",
+    "biggan_blocks": "--biggan-blocks",
+    "biggan_attention": "--biggan-attention",
     "biggan_lr": "--biggan-lr",
     "feature_d": "--feature-d",
     "feature_class": "--feature-class",
@@ -63,6 +67,8 @@ FLAGS = {
 
 USED_ONLY_WITH = {
     "biggan_width": "is for arch biggan; add arch biggan or drop it",
+    "biggan_blocks": "is for arch biggan; add arch biggan or drop it",
+    "biggan_attention": "is for arch biggan; add arch biggan or drop it",
     "biggan_lr": "is for arch biggan; add arch biggan or drop it",
     "feature_width": "sets the feature network, which only feature_d trains; "
     "give feature_d a weight above 0 or drop it",
@@ -79,7 +85,7 @@ def refuse_unused(config, names) -> None:
     feature-network setting without ``feature_d``)."""
     unused = {"feature_width", "feature_steps"} if not config.feature_d else set()
     if config.arch != "biggan":
-        unused |= {"biggan_width", "biggan_lr"}
+        unused |= {"biggan_width", "biggan_blocks", "biggan_attention", "biggan_lr"}
     for name in names:
         if name in unused:
             raise ValueError(f"{name} {USED_ONLY_WITH[name]}")
@@ -101,6 +107,29 @@ def _late(value) -> dict[str, float]:
 
 def _blocks(value) -> tuple[tuple[bool, int, int], ...]:
     return tuple((bool(up), int(c_in), int(c_out)) for up, c_in, c_out in value)
+
+
+def blocks_text(blocks) -> str:
+    """BigGAN-deep blocks as ``--biggan-blocks`` spells them: ``IN-OUT``
+    channel multiples, ``u`` after a block that up-samples, comma-separated
+    (``16-8,8-4u``)."""
+    return ",".join(f"{c_in}-{c_out}{'u' if up else ''}" for up, c_in, c_out in blocks)
+
+
+def parse_blocks(text: str) -> tuple[tuple[bool, int, int], ...]:
+    """Inverse of :func:`blocks_text`; ValueError names the first bad block."""
+    blocks = []
+    for part in text.split(","):
+        block = part.strip()
+        up = block.endswith("u")
+        c_in, sep, c_out = block.removesuffix("u").partition("-")
+        if not (sep and c_in.isdigit() and c_out.isdigit()):
+            raise ValueError(
+                f"biggan_blocks takes IN-OUT channel multiples with a u after a "
+                f"block that up-samples, comma-separated (16-8,8-4u); got '{block}'"
+            )
+        blocks.append((up, int(c_in), int(c_out)))
+    return tuple(blocks)
 
 
 ARCHS = ("stylegan2", "biggan")
@@ -131,7 +160,7 @@ class GanConfig:
 
     size: int = 32
     """Image side in pixels."""
-    style_dim: int = 128
+    style_dim: int = attrs.field(default=128, validator=_positive)
     """D, the size of z and w."""
     n_mlp: int = 4
     """Layers of the mapping network."""
@@ -292,6 +321,10 @@ class GanConfig:
         refuse_unused(self, changed)
         if self.arch == "biggan" and not self.conditional:
             raise ValueError("arch biggan is class-conditional; keep conditional")
+        if self.arch == "biggan":
+            from lclr_shapes.gan.biggan import biggan_config
+
+            biggan_config(self)  # an architecture the format can hold
         if self.arch == "biggan" and self.pl_weight:
             raise ValueError(
                 "pl_weight (path-length regularisation) is for arch stylegan2 "

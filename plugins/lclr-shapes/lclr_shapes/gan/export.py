@@ -24,7 +24,7 @@ import torch
 
 from lclr.errors import ConfigError, RunFolderError
 from lclr_shapes import render
-from lclr_shapes.gan.config import FLAGS, GanConfig
+from lclr_shapes.gan.config import FLAGS, GanConfig, blocks_text
 from lclr_shapes.gan.train import build_generator, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ def _recipe(config: GanConfig) -> str:
             continue
         if field == "late":
             parts += [f"{flag} {name}={v!r}" for name, v in sorted(value.items())]
+        elif field == "biggan_blocks":
+            parts.append(f"{flag} {blocks_text(value)}")
         else:
             parts.append(f"{flag} {value if isinstance(value, str) else repr(value)}")
     if config.minutes is not None:
