@@ -33,13 +33,12 @@ import math
 import time
 from pathlib import Path
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lclr_shapes import render
-from lclr_shapes.gan.config import GanConfig
+from lclr_shapes.gan.config import GanConfig, parse_blocks
 from lclr_shapes.gan.train import build_generator
 from lclr_shapes.predictor import load_predictor
 from lclr_shapes.quality import CONFIDENCE, ERROR_BOUND, rerender, write_error_grid
@@ -133,6 +132,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--channels32", type=int, help="G channels at 32 px")
     parser.add_argument("--biggan-width", type=int, help="BigGAN channel_width")
+    parser.add_argument(
+        "--biggan-blocks", help="BigGAN blocks as train-gan spells them (16-8,8-4u)"
+    )
+    parser.add_argument("--biggan-attention", type=int, help="BigGAN attention block")
+    parser.add_argument("--z-dim", type=int, help="size of z (StyleGAN2: and w)")
     parser.add_argument("--score-samples", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -149,15 +153,19 @@ def main() -> None:
     for flag, value in (
         ("--channels32", args.channels32),
         ("--biggan-width", args.biggan_width),
+        ("--z-dim", args.z_dim),
     ):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
     if args.channels32 is not None and args.arch == "biggan":
         parser.error("--channels32 is for --arch stylegan2; drop it with --arch biggan")
-    if args.biggan_width is not None and args.arch != "biggan":
-        parser.error(
-            "--biggan-width is for --arch biggan; add --arch biggan or drop it"
-        )
+    for flag, value in (
+        ("--biggan-width", args.biggan_width),
+        ("--biggan-blocks", args.biggan_blocks),
+        ("--biggan-attention", args.biggan_attention),
+    ):
+        if value is not None and args.arch != "biggan":
+            parser.error(f"{flag} is for --arch biggan; add --arch biggan or drop it")
     if args.grid is not None and args.grid.suffix.lower() != ".png":
         parser.error(f"--grid '{args.grid}' is not a .png name")
     for path in (args.out, args.grid):  # before the minutes of training, not after
@@ -170,13 +178,20 @@ def main() -> None:
                 parser.error(f"cannot write {path}: {exc.strerror or exc}")
     torch.set_num_threads(args.threads)
 
-    config = GanConfig(arch=args.arch, seed=args.seed)
+    changes = {
+        "biggan_width": args.biggan_width,
+        "biggan_attention": args.biggan_attention,
+        "style_dim": args.z_dim,
+    }
     if args.channels32 is not None:
-        config = attrs.evolve(
-            config, g_channels={**config.g_channels, 32: args.channels32}
-        )
-    if args.biggan_width is not None:
-        config = attrs.evolve(config, biggan_width=args.biggan_width)
+        changes["g_channels"] = {**GanConfig().g_channels, 32: args.channels32}
+    try:
+        if args.biggan_blocks is not None:
+            changes["biggan_blocks"] = parse_blocks(args.biggan_blocks)
+        changes = {k: v for k, v in changes.items() if v is not None}
+        config = GanConfig(arch=args.arch, seed=args.seed, **changes)
+    except ValueError as exc:  # an architecture the recipe could not train
+        parser.error(str(exc))
     torch.manual_seed(args.seed)
     drawer = Drawer(config)
     opt = torch.optim.Adam(drawer.parameters(), lr=args.lr, betas=(0.0, 0.99))

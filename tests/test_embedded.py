@@ -65,7 +65,12 @@ def test_baseline_benchmark_runs_for_a_few_steps(tmp_path, monkeypatch, capsys):
 def test_capacity_benchmark_fits_the_generator_to_renders(
     tmp_path, monkeypatch, capsys, arch
 ):
-    small = ["--channels32", "8"] if arch == "stylegan2" else ["--biggan-width", "4"]
+    small = (
+        ["--channels32", "8"]
+        if arch == "stylegan2"
+        else ["--biggan-width", "4", "--z-dim", "8", "--biggan-attention", "-1",
+              "--biggan-blocks", "16-8,8-4u,4-2u,2-1u"]
+    )  # fmt: skip
     argv = ["gan_capacity.py", "--arch", arch, "--steps", "12", "--every", "6",
             "--batch-size", "4", "--score-samples", "20", *small,
             "--out", str(tmp_path / "cap.json"),
@@ -86,7 +91,10 @@ def test_capacity_benchmark_fits_the_generator_to_renders(
     [["--out", "{tmp}"], ["--out", "{tmp}/afile/x.json"], ["--grid", "{tmp}/g.jpg"],
      ["--threads", "0"], ["--lr", "nan"], ["--channels32", "0"],
      ["--score-samples", "1"], ["--biggan-width", "8"],
-     ["--arch", "biggan", "--channels32", "8"]],
+     ["--arch", "biggan", "--channels32", "8"], ["--biggan-blocks", "16-8"],
+     ["--biggan-attention", "2"], ["--z-dim", "0"],
+     ["--arch", "biggan", "--biggan-blocks", "16-8x"],
+     ["--arch", "biggan", "--biggan-blocks", "16-8,8-2u"]],
 )  # fmt: skip
 def test_capacity_benchmark_checks_its_arguments_before_training(
     tmp_path, monkeypatch, capsys, args

@@ -328,6 +328,36 @@ def test_minutes_must_be_a_positive_number(tmp_path, value):
     assert not (tmp_path / "x").exists()
 
 
+def test_raw_export_is_g_itself_not_its_moving_average(tmp_path):
+    from click.testing import CliRunner
+
+    from lclr_shapes.gan.cli import export_gan
+    from lclr_stylegan2.loading import load_checkpoint as load_weights
+
+    # a long half-life without ramp-up keeps the average near the start
+    train(tiny(steps=2, ema_kimg=10.0, ema_rampup=0.0), tmp_path / "run")
+    G = load_checkpoint(tmp_path / "run")["G"]
+    result = CliRunner().invoke(
+        export_gan,
+        [str(tmp_path / "run"), "--to", str(tmp_path / "out"), "--name", "r", "--raw"],
+    )
+    assert result.exit_code == 0, result.output
+    raw = load_weights(tmp_path / "out" / "r.pt").model.state_dict()
+    assert all(torch.equal(raw[k], v) for k, v in G.items())
+    facts = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert facts["generator"].startswith("raw")
+    # without --raw: the moving average, which has not caught up with G
+    result = CliRunner().invoke(
+        export_gan, [str(tmp_path / "run"), "--to", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    ema = load_weights(tmp_path / "out" / "shapes32.pt").model.state_dict()
+    assert not all(torch.equal(ema[k], v) for k, v in G.items())
+    assert "generator" not in json.loads(
+        (tmp_path / "out" / "shapes32.json").read_text()
+    )
+
+
 def test_export_is_a_loadable_stylegan2(tmp_path):
     from lclr_shapes.gan.export import export
     from lclr_stylegan2.loading import load_checkpoint as load_weights

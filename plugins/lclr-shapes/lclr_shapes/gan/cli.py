@@ -462,12 +462,18 @@ def train_gan(
     help="Replace NAME's files if they exist (the default "
     "--to holds the shipped generators).",
 )
-def export_gan(run_dir, dest, name, measure, force):
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Export G as the last step left it instead of its moving average "
+    "(a diagnostic: what the average blurs).",
+)
+def export_gan(run_dir, dest, name, measure, force, raw):
     """Export a run's moving-average generator as weights of its plugin:
     StyleGAN2 or BigGAN-deep (config.json + pytorch_model.bin)."""
     from lclr_shapes.gan.export import export, record_quality
 
-    weights, info = export(run_dir, dest, name=name, force=force)
+    weights, info = export(run_dir, dest, name=name, force=force, raw=raw)
     click.echo(str(weights))
     click.echo(str(info))
     if measure:

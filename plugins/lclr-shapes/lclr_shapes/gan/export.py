@@ -102,20 +102,23 @@ def export(
     dest: str | Path | None = None,
     name: str = "shapes32",
     force: bool = False,
+    raw: bool = False,
 ) -> list[Path]:
     """Write the weights and ``NAME.json`` for the run in ``run_dir``.
 
     The weights are ``NAME.pt`` for a StyleGAN2 run, the folder ``NAME``
     for a BigGAN-deep one. ``dest`` defaults to the plugin's weights
     folder, where the shipped generators are: files already there are
-    replaced only with ``force``. Returns the two paths.
+    replaced only with ``force``. The generator is G's moving average, or
+    with ``raw`` G itself as the last step left it (to tell what the
+    average blurs from what G draws). Returns the two paths.
     """
     check_name(name)
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
     config = GanConfig.from_json(state["config"])
     G = build_generator(config).eval().requires_grad_(False)
-    G.load_state_dict(state["G_ema"])
+    G.load_state_dict(state["G" if raw else "G_ema"])
 
     steps, nimg = int(state["step"]), int(state["nimg"])
     minutes = float(state["elapsed"]) / 60
@@ -143,7 +146,9 @@ def export(
         ),
         **_speeds(run_dir, feature_seconds or 0.0),
         "finished": finished,
-    }
+        **({"generator": "raw: G as the last step left it, no moving average"}
+           if raw else {}),
+    }  # fmt: skip
     median = provenance["median_sec_per_step"]
     if median is not None:
         provenance["minutes_at_median_speed"] = round(
