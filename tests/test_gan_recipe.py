@@ -17,6 +17,7 @@ from lclr_shapes.gan.config import GanConfig
 from lclr_shapes.gan.networks import Discriminator, halve
 from lclr_shapes.gan.train import (
     CHECKPOINT,
+    Trainer,
     load_checkpoint,
     mode_seeking_ratio,
     train,
@@ -111,6 +112,35 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
         b = getattr(resumed, net).state_dict()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+
+
+def test_the_run_check_scores_samples_with_the_quality_bar_test(tmp_path):
+    # The check's mean-image distance called blotches in an arrow's colour,
+    # place and size the best-drawn class while none passed the bar
+    # (BigGAN try 12); the check now reports the bar's own test per class.
+    from lclr_shapes import render
+    from lclr_shapes.gan.monitor import CHECK_SAMPLES, Probe
+
+    chans = {4: 8, 8: 8, 16: 8, 32: 8}
+    config = tiny(size=32, g_channels=chans, d_channels=chans, pl_weight=0.0)
+    probe = Probe(config)
+    assert probe.predictor is not None
+    shapes = torch.arange(4).repeat_interleave(CHECK_SAMPLES)
+    factors = render.sample_factors(len(shapes), torch.Generator().manual_seed(5))
+    factors["shape"] = shapes
+    clean = render.render(factors, 32)
+    assert probe._good(clean).tolist() == [1.0, 1.0, 1.0, 1.0]
+    # the same renders blurred into blotches: right colour, place and size
+    blotches = torch.nn.functional.avg_pool2d(clean, 5, stride=1, padding=2)
+    assert max(probe._good(blotches).tolist()) < 0.5
+    # in the report, and drawing nothing from the training's random streams
+    trainer = Trainer(config)
+    state = torch.get_rng_state()
+    result = probe.report(trainer, tmp_path)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert len(result["good"]) == 4 and all(0 <= g <= 1 for g in result["good"])
+    row = json.loads((tmp_path / "checks.jsonl").read_text())
+    assert row["good"] == result["good"]
 
 
 def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):

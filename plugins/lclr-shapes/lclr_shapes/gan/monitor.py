@@ -5,10 +5,14 @@ real renders of that class: the distance between the mean images and the
 ratio of per-pixel standard deviations (diversity; near 1 is healthy, a
 collapsing class falls towards 0). When the shapes predictor's weights are
 installed it also reports, per class, the share of samples the predictor
-reads as the class they were drawn for, and the share it is sure of
-(probability >= 0.9). Grids are saved for the moving average (``grid_``)
-and for the raw generator (``grid_raw_``): a raw G that hops between
-colour modes from grid to grid while the average is grey is collapsing.
+reads as the class they were drawn for, the share it is sure of
+(probability >= 0.9), and the share the quality bar's own test calls good
+(sure of a class, re-rendered within the bar's error bound): the mean
+images' distance cannot see an outline, which a blotch of the right
+colour, place and size nearly matches. Grids are saved for the moving
+average (``grid_``) and for the raw generator (``grid_raw_``): a raw G
+that hops between colour modes from grid to grid while the average is
+grey is collapsing.
 """
 
 from __future__ import annotations
@@ -120,10 +124,12 @@ class Probe:
             result["class_sure"] = [
                 round(v, 3) for v in (own >= 0.9).float().mean(dim=1).tolist()
             ]
+            result["good"] = [round(v, 3) for v in self._good(flat).tolist()]
             logger.info(
-                "predictor: per-class hit %s, sure %s",
+                "predictor: per-class hit %s, sure %s, good %s",
                 result["class_hit"],
                 result["class_sure"],
+                result["good"],
             )
         with open(folder / "checks.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")
@@ -134,6 +140,17 @@ class Probe:
             result["diversity"],
         )
         return result
+
+    def _good(self, images: torch.Tensor) -> torch.Tensor:
+        """``(C,)``: per asked class, the share of ``images`` (``CHECK_SAMPLES``
+        a class, in class order) that pass the quality bar's test."""
+        from lclr_shapes.quality import CONFIDENCE, ERROR_BOUND, rerender_error
+
+        predicted = self.predictor.predict(images)
+        error = rerender_error(images, predicted)
+        sure = predicted["probs"].max(dim=1).values >= CONFIDENCE
+        good = (error <= ERROR_BOUND) & sure
+        return good.view(len(render.SHAPES), CHECK_SAMPLES).float().mean(dim=1)
 
 
 def _try_predictor():
