@@ -41,7 +41,7 @@ from lclr_shapes import render
 from lclr_shapes.gan.config import GanConfig, parse_blocks
 from lclr_shapes.gan.train import build_generator
 from lclr_shapes.predictor import load_predictor
-from lclr_shapes.quality import CONFIDENCE, ERROR_BOUND, rerender, write_error_grid
+from lclr_shapes.quality import good_samples, rerender, write_error_grid
 
 CODE_SIZE = len(render.SHAPES) + 8
 """Length of the factor code: shape one-hot and eight continuous values."""
@@ -109,7 +109,7 @@ def score(drawer: Drawer, predictor, n: int = 300, grid: Path | None = None) -> 
     error, renders = rerender(images, pred)
     if grid is not None:
         write_error_grid(grid, images, renders, error, factors["shape"])
-    good = (error <= ERROR_BOUND) & (pred["probs"].max(dim=1).values >= CONFIDENCE)
+    good = good_samples(pred, error)
     by_shape = {}  # None for a shape none of the draws has
     for s, name in enumerate(render.SHAPES):
         of_shape = good[factors["shape"] == s]

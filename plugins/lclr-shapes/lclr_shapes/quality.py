@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ERROR_BOUND",
     "frechet_distance",
+    "good_samples",
     "measure_quality",
     "provenance_summary",
     "quality_of_source",
@@ -58,6 +59,15 @@ ERROR_BOUND = 0.35
 """Largest relative re-render error of a good sample."""
 CONFIDENCE = 0.9
 """Smallest class probability of a good sample."""
+
+
+def good_samples(predicted: dict[str, Tensor], error: Tensor) -> Tensor:
+    """``(N,)`` bool: the bar's test of each sample, read as some class
+    with probability >= :data:`CONFIDENCE` (``predicted`` from the factor
+    predictor) and re-rendered within :data:`ERROR_BOUND` (``error``)."""
+    return (predicted["probs"].max(dim=1).values >= CONFIDENCE) & (error <= ERROR_BOUND)
+
+
 GOOD_SHARE = 0.7
 """Smallest share of good samples that passes."""
 REFINE_STEPS = 40

@@ -115,8 +115,8 @@ class Probe:
         }
         if self.predictor is not None and self.config.conditional:
             flat = fake.view(-1, 3, self.config.size, self.config.size)
-            probs = self.predictor.predict(flat)["probs"]  # (C*n, C)
-            probs = probs.view(len(render.SHAPES), CHECK_SAMPLES, -1)
+            predicted = self.predictor.predict(flat)
+            probs = predicted["probs"].view(len(render.SHAPES), CHECK_SAMPLES, -1)
             own = torch.stack([probs[k, :, k] for k in range(len(probs))])
             result["class_hit"] = [
                 round(v, 3) for v in (own > 0.5).float().mean(dim=1).tolist()
@@ -124,7 +124,8 @@ class Probe:
             result["class_sure"] = [
                 round(v, 3) for v in (own >= 0.9).float().mean(dim=1).tolist()
             ]
-            result["good"] = [round(v, 3) for v in self._good(flat).tolist()]
+            good = self._good(flat, predicted)
+            result["good"] = [round(v, 3) for v in good.tolist()]
             logger.info(
                 "predictor: per-class hit %s, sure %s, good %s",
                 result["class_hit"],
@@ -141,15 +142,15 @@ class Probe:
         )
         return result
 
-    def _good(self, images: torch.Tensor) -> torch.Tensor:
+    def _good(self, images: torch.Tensor, predicted=None) -> torch.Tensor:
         """``(C,)``: per asked class, the share of ``images`` (``CHECK_SAMPLES``
-        a class, in class order) that pass the quality bar's test."""
-        from lclr_shapes.quality import CONFIDENCE, ERROR_BOUND, rerender_error
+        a class, in class order) that pass the quality bar's test;
+        ``predicted``: the predictor's reading of them, if already made."""
+        from lclr_shapes.quality import good_samples, rerender_error
 
-        predicted = self.predictor.predict(images)
-        error = rerender_error(images, predicted)
-        sure = predicted["probs"].max(dim=1).values >= CONFIDENCE
-        good = (error <= ERROR_BOUND) & sure
+        if predicted is None:
+            predicted = self.predictor.predict(images)
+        good = good_samples(predicted, rerender_error(images, predicted))
         return good.view(len(render.SHAPES), CHECK_SAMPLES).float().mean(dim=1)
 
 
