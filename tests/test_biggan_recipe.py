@@ -82,6 +82,10 @@ def test_biggan_settings_are_checked():
         tiny(arch="dcgan")
     with pytest.raises(ValueError, match="not output_dim"):
         Trainer(tiny(size=32))
+    # the Python API too: the format would read -2 as "no attention"
+    for position in (-2, len(tiny().biggan_blocks)):
+        with pytest.raises(ValueError, match="-1 \\(none\\) or a block from 0"):
+            tiny(biggan_attention=position)
 
 
 def test_a_few_steps_give_finite_losses(tmp_path):
@@ -287,6 +291,7 @@ def test_blocks_text_round_trips(text):
         (["--biggan-blocks", "16-8u,8-4u,4-2"], "the last block must end with"),
         (["--biggan-blocks", "16-8u,8-4,4-2u,2-1"], "give 16 px, not output_dim 32"),
         (["--biggan-attention", "5", "--biggan-width", "3"], "at least 8 channels"),
+        (["--biggan-attention", "6"], "-1 (none) or a block from 0 to 5, got 6"),
     ],
 )
 def test_a_biggan_architecture_that_does_not_fit_is_one_line(tmp_path, args, message):

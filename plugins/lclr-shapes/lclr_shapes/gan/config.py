@@ -325,6 +325,13 @@ class GanConfig:
             from lclr_shapes.gan.biggan import biggan_config
 
             biggan_config(self)  # an architecture the format can hold
+            # the format reads any other number as "none"; a recipe says so
+            last = len(self.biggan_blocks) - 1
+            if not -1 <= self.biggan_attention <= last:
+                raise ValueError(
+                    f"biggan_attention must be -1 (none) or a block from 0 to "
+                    f"{last}, got {self.biggan_attention}"
+                )
         if self.arch == "biggan" and self.pl_weight:
             raise ValueError(
                 "pl_weight (path-length regularisation) is for arch stylegan2 "
