@@ -13,7 +13,7 @@ import torch
 from lclr.errors import RunFolderError
 from lclr.training import RunInterrupted
 from lclr_shapes.gan.augment import augment
-from lclr_shapes.gan.config import GanConfig
+from lclr_shapes.gan.config import GanConfig, parse_blocks
 from lclr_shapes.gan.networks import Discriminator, halve
 from lclr_shapes.gan.train import (
     CHECKPOINT,
@@ -233,14 +233,21 @@ def test_each_shipped_generator_records_the_recipe_export_writes(plugin):
         assert facts["recipe"] == f"{RECIPE} {flags}"
         assert facts["steps"] == 25111 and facts["minutes"] <= 90
     else:
-        # BigGAN try 5: batch 32 with the feature heads and the frozen
-        # network's class loss, stopped by its 89.7 minutes (at step 15,432)
-        settings = dict(arch="biggan", batch=32, feature_d=2.0, feature_class=1.0)
-        assert config == GanConfig(**settings, minutes=89.7, steps=16000)
-        flags = "--seed 0 --arch biggan --batch-size 32 --feature-d 2.0"
-        flags += " --feature-class 1.0 --minutes 89.7 --steps 16000"
+        # BigGAN try 13: the feature heads and the frozen network's class
+        # loss, channels moved up the resolutions, a 5 kimg moving average,
+        # batch 16, stopped by its 89.7 minutes (at step 17,677)
+        blocks = "16-8,8-4u,4-4,4-2u,2-2,2-1u"
+        settings = dict(
+            arch="biggan", style_dim=64, biggan_width=32,
+            biggan_blocks=parse_blocks(blocks), feature_d=2.0,
+            feature_class=1.0, ema_kimg=5.0,
+        )  # fmt: skip
+        assert config == GanConfig(**settings, minutes=89.7, steps=30000)
+        flags = "--seed 0 --arch biggan --z-dim 64 --biggan-width 32"
+        flags += f" --biggan-blocks {blocks} --feature-d 2.0 --feature-class 1.0"
+        flags += " --ema-kimg 5.0 --minutes 89.7 --steps 30000"
         assert facts["recipe"] == f"{RECIPE} {flags}"
-        assert facts["steps"] == 15432 and facts["minutes"] <= 90
+        assert facts["steps"] == 17677 and facts["minutes"] <= 90
 
 
 def ctrl_c_after(monkeypatch, step: int, most: int | None = None) -> None:
