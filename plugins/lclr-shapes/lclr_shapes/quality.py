@@ -59,15 +59,6 @@ ERROR_BOUND = 0.35
 """Largest relative re-render error of a good sample."""
 CONFIDENCE = 0.9
 """Smallest class probability of a good sample."""
-
-
-def good_samples(predicted: dict[str, Tensor], error: Tensor) -> Tensor:
-    """``(N,)`` bool: the bar's test of each sample, read as some class
-    with probability >= :data:`CONFIDENCE` (``predicted`` from the factor
-    predictor) and re-rendered within :data:`ERROR_BOUND` (``error``)."""
-    return (predicted["probs"].max(dim=1).values >= CONFIDENCE) & (error <= ERROR_BOUND)
-
-
 GOOD_SHARE = 0.7
 """Smallest share of good samples that passes."""
 REFINE_STEPS = 40
@@ -80,6 +71,13 @@ GENERATORS = ("stylegan2", "biggan")
 """Sources that are generators, read from ``weights`` or their default."""
 
 _CONTINUOUS = [s for s in FACTORS if s.kind != "categorical"]
+
+
+def good_samples(predicted: dict[str, Tensor], error: Tensor) -> Tensor:
+    """``(N,)`` bool: the bar's test of each sample, read as some class
+    with probability >= :data:`CONFIDENCE` (``predicted`` from the factor
+    predictor) and re-rendered within :data:`ERROR_BOUND` (``error``)."""
+    return (predicted["probs"].max(dim=1).values >= CONFIDENCE) & (error <= ERROR_BOUND)
 
 
 # Re-rendering ----------------------------------------------------------------
