@@ -189,6 +189,7 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
         },
         {"arch": "biggan", "biggan_attention": -1},
         {"style_dim": 64},
+        {"arch": "biggan", "batch": 8, "ema_kimg": 2.5, "reuse_fakes": True},
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -825,6 +826,84 @@ def test_late_from_without_late_settings_is_refused():
         tiny(late_from=2)
 
 
+def _d_and_g_inputs(trainer):
+    """One step of ``trainer``, recording what G drew and D judged: ``(G's
+    outputs, D's inputs)`` in call order (no augmentation in these runs)."""
+    drawn, judged = [], []
+    generate = trainer.generate
+
+    def recorded(*args):
+        out = generate(*args)
+        drawn.append(out[0])
+        return out
+
+    trainer.generate = recorded
+    hook = trainer.D.register_forward_hook(lambda m, a, out: judged.append(a[0]))
+    try:
+        trainer.train_step()
+    finally:
+        hook.remove()
+        del trainer.generate
+    return drawn, judged
+
+
+@pytest.mark.parametrize("arch", ["stylegan2", "biggan"])
+def test_reused_fakes_are_drawn_once_and_g_trains_on_what_d_judged(arch):
+    from lclr_shapes.gan.train import Trainer
+
+    torch.set_num_threads(1)
+    changes = dict(augment=(), pl_weight=0.0, r1_gamma=0.0, arch=arch)
+    if arch == "biggan":
+        changes.update(style_dim=8, biggan_width=4)
+        changes.update(biggan_blocks=parse_blocks("16-8,8-4u,4-2,2-1u"))
+        changes.update(biggan_attention=2)
+    for reuse in (False, True):
+        trainer = Trainer(tiny(**changes, reuse_fakes=reuse))
+        n = trainer.config.batch
+        drawn, judged = _d_and_g_inputs(trainer)
+        d_step, g_step = judged
+        assert len(drawn) == (1 if reuse else 2)
+        assert d_step.shape[0] == 2 * n and g_step.shape[0] == n
+        # G's step: the images G drew last, with their graph
+        assert g_step is drawn[-1] and g_step.requires_grad
+        # D's step: the same images, detached, when reused; others if not
+        same = torch.equal(d_step[:n], g_step.detach())
+        assert same == reuse
+        assert not d_step.requires_grad
+
+
+def test_a_run_with_reused_fakes_trains_and_resumes_exactly(tmp_path):
+    torch.set_num_threads(1)
+    whole = train(tiny(steps=4, reuse_fakes=True), tmp_path / "whole")
+    train(tiny(steps=2, reuse_fakes=True), tmp_path / "split")
+    resumed = train(tiny(steps=4, reuse_fakes=True), tmp_path / "split", resume=True)
+    assert resumed.config.reuse_fakes
+    for net in ("G", "D", "G_ema"):
+        a = getattr(whole, net).state_dict()
+        b = getattr(resumed, net).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+
+
+def test_the_plain_view_rides_in_the_feature_heads_pass():
+    # G's step reads the frozen network on the augmented images (for the
+    # heads) and on the plain ones (for its class loss) in one batch
+    from lclr_shapes.gan.features import backbone_features
+    from lclr_shapes.gan.train import Trainer
+
+    torch.set_num_threads(1)
+    trainer = Trainer(tiny(feature_d=1.0, feature_class=1.0, feature_width=2))
+    n = trainer.config.batch
+    c = trainer.sample_classes(n)
+    img, plain = torch.rand(2, n, 3, 16, 16) * 2 - 1
+    logits, cls, feat, vector = trainer._judge(img, c, True, True, plain=plain)
+    alone = trainer._judge(img, c, True, True)[:3]
+    for a, b in zip((logits, cls, feat), alone, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    expected = backbone_features(trainer.F, plain)[-1]
+    torch.testing.assert_close(vector, expected, rtol=1e-5, atol=1e-6)
+
+
 def _invoke(args):
     from click.testing import CliRunner
 
@@ -858,6 +937,7 @@ def test_resume_refuses_settings_other_than_the_runs_own(tmp_path):
         (["--late-from", "1", "--late", "mode_seeking=0"], "no --late-from"),
         (["--r1-gamma", "0.5"], "--r1-gamma 0.1"),
         (["--seed", "3"], "--seed 0"),
+        (["--reuse-fakes"], "no --reuse-fakes"),
     ):
         result = _invoke(["--out", str(out), "--steps", "2", "--resume", *args])
         assert result.exit_code != 0

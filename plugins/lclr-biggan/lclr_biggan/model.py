@@ -9,7 +9,8 @@ of which changes an eval-mode output:
   instead of by a hook at every forward;
 - every block takes its own latent code, so an edit can reach chosen blocks
   only; the same code everywhere is the original network;
-- the forward can stop after any block and compute nothing past it;
+- the forward can stop after any block and compute nothing past it, and
+  the last convolution computes only the 3 of its channels that are kept;
 - in training mode the batch norms use the batch's statistics, so the
   network can be trained (``training`` adds the spectral norm for that).
 
@@ -208,6 +209,17 @@ class Block(nn.Module):
         return h + skip
 
 
+class RGBConv(nn.Conv2d):
+    """The last convolution, of which only the first 3 output channels are
+    images (the format stores ``channel_width`` of them): it computes those
+    3 and no others. A spectral-norm hook still sees the whole weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, ch, H, W)`` -> ``(N, 3, H, W)``."""
+        bias = None if self.bias is None else self.bias[:3]
+        return self._conv_forward(x, self.weight[:3], bias)
+
+
 class Synthesis(nn.Module):
     """The part under ``generator.`` in the state dict: codes to image."""
 
@@ -226,7 +238,7 @@ class Synthesis(nn.Module):
             )
         self.layers = nn.ModuleList(layers)
         self.bn = ClassBatchNorm(ch, None, config.n_stats, config.eps)
-        self.conv_to_rgb = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv_to_rgb = RGBConv(ch, ch, 3, padding=1)
 
 
 class BigGAN(nn.Module):
@@ -292,8 +304,8 @@ class BigGAN(nn.Module):
                 x = layer(x)
             if i == stop:
                 return x
-        x = g.conv_to_rgb(F.relu(g.bn(x, truncation)))
-        return torch.tanh(x[:, :3])
+        x = g.conv_to_rgb(F.relu(g.bn(x, truncation)))  # (N, 3, H, W)
+        return torch.tanh(x)
 
 
 def layer_shapes(config: BigGANConfig) -> list[tuple[int, int, int]]:

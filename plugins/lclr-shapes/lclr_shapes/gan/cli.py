@@ -120,6 +120,8 @@ def _as_options(key: str, config) -> str:
         return " ".join(pairs) or "no --late settings"
     if value is None:
         return f"no {FLAGS[key]}"
+    if isinstance(value, bool):
+        return FLAGS[key] if value else f"no {FLAGS[key]}"
     if key == "biggan_blocks":
         from lclr_shapes.gan.config import blocks_text
 
@@ -190,6 +192,7 @@ def config_fields(
     z_dim=None,
     biggan_blocks=None,
     biggan_attention=None,
+    reuse_fakes=False,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
     given = {
@@ -208,6 +211,7 @@ def config_fields(
         "feature_width": feature_width,
         "feature_steps": feature_steps,
         "ema_kimg": ema_kimg,
+        "reuse_fakes": reuse_fakes or None,  # a switch: given only when on
         "biggan_lr": biggan_lr,
         "mode_seeking": mode_seeking,
         "mbstd_by": mbstd_by,
@@ -343,6 +347,12 @@ def config_fields(
     help="Half-life of G's moving average, in thousands of images [10].",
 )
 @click.option(
+    "--reuse-fakes",
+    is_flag=True,
+    help="G's step trains on the images D's step judged: one forward of G "
+    "a step instead of two [off].",
+)
+@click.option(
     "--mbstd-by",
     type=click.Choice(["batch", "class"]),
     default=None,
@@ -382,6 +392,7 @@ def train_gan(
     feature_width,
     feature_steps,
     ema_kimg,
+    reuse_fakes,
     mbstd_by,
     threads,
     resume,
@@ -404,6 +415,7 @@ def train_gan(
         feature_steps=feature_steps, ema_kimg=ema_kimg, biggan_lr=biggan_lr,
         mode_seeking=mode_seeking, mbstd_by=mbstd_by, z_dim=z_dim,
         biggan_blocks=biggan_blocks, biggan_attention=biggan_attention,
+        reuse_fakes=reuse_fakes,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 

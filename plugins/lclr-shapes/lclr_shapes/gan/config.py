@@ -58,6 +58,7 @@ FLAGS = {
     "feature_width": "--feature-width",
     "feature_steps": "--feature-steps",
     "ema_kimg": "--ema-kimg",
+    "reuse_fakes": "--reuse-fakes",
     "mbstd_by": "--mbstd-by",
     "late_from": "--late-from",
     "late": "--late",
@@ -204,6 +205,10 @@ class GanConfig:
     """Differentiable augmentations applied before D, in order."""
     augment_p: float = attrs.field(default=0.5, validator=_probability)
     """Probability of each augmentation, per sample."""
+    reuse_fakes: bool = False
+    """G's step trains on the images D's step has just judged (drawn once,
+    with gradients) instead of drawing a second batch: one forward of G a
+    step, not two. Mode seeking's pairs of a class are then D's too."""
     ema_kimg: float = attrs.field(default=10.0, validator=_positive)
     """Half-life of G's moving average, in thousands of images."""
     ema_rampup: float = 0.05

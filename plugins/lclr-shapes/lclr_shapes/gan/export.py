@@ -47,6 +47,8 @@ def _recipe(config: GanConfig) -> str:
             parts += [f"{flag} {name}={v!r}" for name, v in sorted(value.items())]
         elif field == "biggan_blocks":
             parts.append(f"{flag} {blocks_text(value)}")
+        elif isinstance(value, bool):
+            parts.append(flag)  # a switch: only True differs from the default
         else:
             parts.append(f"{flag} {value if isinstance(value, str) else repr(value)}")
     if config.minutes is not None:

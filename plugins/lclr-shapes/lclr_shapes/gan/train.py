@@ -199,6 +199,15 @@ class Trainer:
         idx = torch.randint(self.c_dim, (n,), generator=self.gens["latent"])
         return F.one_hot(idx, self.c_dim).float()
 
+    def _g_classes(self, n: int, cfg: GanConfig) -> torch.Tensor | None:
+        """The classes of G's step: with mode seeking, pairs (i, i + N/2)
+        share a class (N/2 classes, drawn twice)."""
+        c = self.sample_classes(n)
+        if cfg.mode_seeking and c is not None:
+            half = c[: n // 2]
+            c = torch.cat([half, half, c[2 * (n // 2) :]])
+        return c
+
     def real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rendered images in [-1, 1] and their one-hot classes."""
         factors = render.sample_factors(self.config.batch, self.gens["data"])
@@ -251,19 +260,28 @@ class Trainer:
         logits on the same augmented images (else None)."""
         cfg = self.settings()
         img = augment(img, cfg.augment, cfg.augment_p, self.gens["augment"])
-        return self._judge(img, c, with_class, features)
+        return self._judge(img, c, with_class, features)[:3]
 
-    def _judge(self, img, c, with_class: bool, features: bool, parts: int = 1):
+    def _judge(
+        self, img, c, with_class: bool, features: bool, parts: int = 1, plain=None
+    ):
         """D (and the feature heads) on augmented ``img``: what
-        :meth:`discriminate` returns; ``parts`` as in ``Discriminator``."""
+        :meth:`discriminate` returns, and a fourth entry: with ``plain``
+        (unaugmented images, in a run with feature heads) the frozen
+        network's feature vector of those, from the same pass of it (else
+        None). ``parts`` as in ``Discriminator``."""
         if with_class and self.c_dim and self.settings().class_loss:
             logits, cls = self.D(img, c, with_class=True, parts=parts)
         else:
             logits, cls = self.D(img, c, parts=parts), None
-        feat = None
+        feat = vector = None
         if features and self.FD is not None:
-            feat = self.FD(backbone_features(self.F, img), c, parts=parts)
-        return logits, cls, feat
+            n = len(img)
+            both = img if plain is None else torch.cat([img, plain])
+            maps = backbone_features(self.F, both)  # frozen: no batch effects
+            feat = self.FD([m[:n] for m in maps], c, parts=parts)
+            vector = None if plain is None else maps[-1][n:]
+        return logits, cls, feat, vector
 
     def discriminate_both(self, fake, c_fake, real, c_real):
         """:meth:`discriminate` of generated and real images in one pass of
@@ -282,7 +300,7 @@ class Trainer:
             ]
         )
         c = None if c_fake is None else torch.cat([c_fake, c_real])
-        logits, cls, feat = self._judge(img, c, True, True, parts=2)
+        logits, cls, feat, _ = self._judge(img, c, True, True, parts=2)
         cls = None if cls is None else cls[n:]
         feat_fake, feat_real = (None, None) if feat is None else (feat[:n], feat[n:])
         return logits[:n], logits[n:], cls, feat_fake, feat_real
@@ -296,16 +314,22 @@ class Trainer:
         metrics: dict[str, float] = {}
 
         # D: real images up, generated ones down.
-        self.G.requires_grad_(False)
+        self.G.requires_grad_(cfg.reuse_fakes)
         self.D.requires_grad_(True)
         if self.FD is not None:
             self.FD.requires_grad_(True)
         real, c_real = self.real_batch()
-        c_fake = self.sample_classes(n)
-        with torch.no_grad():
-            fake, _, _ = self.generate(self.G, n, c_fake)
+        if cfg.reuse_fakes:
+            # drawn once, with gradients; G's step below trains on them
+            c_fake = self._g_classes(n, cfg)
+            fake, _, z = self.generate(self.G, n, c_fake)
+            judged = fake.detach()
+        else:
+            c_fake = self.sample_classes(n)
+            with torch.no_grad():
+                judged, _, _ = self.generate(self.G, n, c_fake)
         logits_fake, logits_real, cls, feat_fake, feat_real = self.discriminate_both(
-            fake, c_fake, real, c_real
+            judged, c_fake, real, c_real
         )
         loss_d = F.softplus(logits_fake).mean()
         if feat_fake is not None:
@@ -351,13 +375,13 @@ class Trainer:
         self.D.requires_grad_(False)
         if self.FD is not None:
             self.FD.requires_grad_(False)
-        c_fake = self.sample_classes(n)
-        if cfg.mode_seeking and c_fake is not None:
-            # pairs (i, i + N/2) share a class: N/2 classes, drawn twice
-            half = c_fake[: n // 2]
-            c_fake = torch.cat([half, half, c_fake[2 * (n // 2) :]])
-        fake, _, z = self.generate(self.G, n, c_fake)
-        logits, cls, feat = self.discriminate(fake, c_fake, with_class=True)
+        if not cfg.reuse_fakes:
+            c_fake = self._g_classes(n, cfg)
+            fake, _, z = self.generate(self.G, n, c_fake)
+        # D's view and the frozen network's plain view in one pass of it
+        plain = fake if cfg.feature_class or cfg.feature_render else None
+        img = augment(fake, cfg.augment, cfg.augment_p, self.gens["augment"])
+        logits, cls, feat, vector = self._judge(img, c_fake, True, True, plain=plain)
         loss_g = F.softplus(-logits).mean()
         metrics["loss_g"] = loss_g.item()
         if feat is not None:
@@ -369,8 +393,6 @@ class Trainer:
             loss_cls = F.cross_entropy(cls, c_fake.argmax(dim=1))
             loss_g = loss_g + cfg.class_loss * loss_cls
             metrics["cls_fake"] = loss_cls.item()
-        if cfg.feature_class or cfg.feature_render:
-            vector = backbone_features(self.F, fake)[-1]
         if cfg.feature_class:
             # ... and the frozen network, which G cannot train, agrees
             shape_logits = self.F.classes(vector)
