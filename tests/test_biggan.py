@@ -157,6 +157,28 @@ def test_spectral_norm_is_folded_as_in_eval_mode(reference, ours):
     assert not any(p.requires_grad for p in ours.parameters())
 
 
+def test_the_rgb_conv_is_the_full_conv_cut_to_three_channels_in_training():
+    # it computes only the channels kept, also under the training hook
+    from torch import nn
+
+    from lclr_biggan.model import RGBConv
+
+    outs, grads = [], []
+    x = torch.randn(3, 8, 6, 6)
+    for kind in (nn.Conv2d, RGBConv):
+        torch.manual_seed(0)
+        conv = nn.utils.spectral_norm(kind(8, 8, 3, padding=1))
+        xi = x.clone().requires_grad_(True)
+        out = conv(xi)[:, :3]  # a no-op cut for RGBConv
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append((xi.grad, conv.weight_orig.grad, conv.weight_u.clone()))
+    assert outs[1].shape == (3, 3, 6, 6)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_stored_statistics_keep_the_formats_rounding():
     rows = torch.arange(51.0)[:, None].repeat(1, 2)  # row i holds the value i
     pick = {t: stats_for_truncation(rows, rows, t)[0][0].item() for t in TRUNCATIONS}

@@ -870,6 +870,8 @@ def test_reused_fakes_are_drawn_once_and_g_trains_on_what_d_judged(arch):
         same = torch.equal(d_step[:n], g_step.detach())
         assert same == reuse
         assert not d_step.requires_grad
+        # and G learnt from them
+        assert all(p.grad is not None for p in trainer.G.parameters())
 
 
 def test_a_run_with_reused_fakes_trains_and_resumes_exactly(tmp_path):
