@@ -15,7 +15,6 @@ Asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ import torch
 from lclr import distributed, hookimpl
 from lclr.config import RunConfig
 from lclr.registry import get_registry
+from lclr.scripts import ArgumentParser, run_main
 from lclr.training import train
 
 
@@ -43,7 +43,7 @@ class StepClock:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", type=int, default=8)
     parser.add_argument("-n", type=int, default=16, help="N per process")
     parser.add_argument("--direction", default="nonlinear")
@@ -79,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

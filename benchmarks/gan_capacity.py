@@ -26,7 +26,6 @@ minutes (scores included), 4,000 of the BigGAN-deep 8.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lclr.scripts import ArgumentParser, run_main
 from lclr_shapes import render
 from lclr_shapes.gan.config import GanConfig, parse_blocks
 from lclr_shapes.gan.train import build_generator
@@ -124,7 +124,7 @@ def score(drawer: Drawer, predictor, n: int = 300, grid: Path | None = None) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=["stylegan2", "biggan"], default="stylegan2")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--every", type=int, default=500, help="steps between scores")
@@ -224,4 +224,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,7 +13,6 @@ It takes about a minute per run and seed on two CPU cores at the defaults.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -23,10 +22,11 @@ import torch
 
 import lclr
 from lclr.config import RunConfig
+from lclr.scripts import ArgumentParser, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/baseline"))
     parser.add_argument("--directions", default="global,linear,nonlinear,ganspace,sefa")
     parser.add_argument("--seeds", default="0,1,2")
@@ -53,7 +53,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    options = dict(item.split("=", 1) for item in args.generator_options)
+    options = {}
+    for item in args.generator_options:
+        key, eq, value = item.partition("=")
+        if not (key and eq):
+            parser.error(f"-G takes KEY=VALUE, got {item!r}")
+        options[key] = value
     rows = []
     for direction in args.directions.split(","):
         for seed in map(int, args.seeds.split(",")):
@@ -129,4 +134,4 @@ def table(rows: list[dict], args) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from lclr.config import RunConfig
+from lclr.scripts import ArgumentParser, run_main
 from lclr.speed import OutOfMemory
 from lclr.training import RunState, build_components, make_optimizer, train_step
 
@@ -380,7 +381,7 @@ def markdown(rows, fitted) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--generator", default="embedded", help="embedded, or port256 (random)"
     )
@@ -464,4 +465,4 @@ def write(args, rows, started) -> tuple[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,7 +7,6 @@ Heavy imports (torch) happen inside the commands, so ``lclr --help`` is fast.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from lclr.errors import ConfigError, LclrError
+from lclr.errors import ConfigError, LclrError, os_error_line
 from lclr.hookspecs import hookimpl
 
 log = logging.getLogger("lclr")
@@ -87,7 +86,7 @@ class LclrGroup(click.Group):
             ctx.exit(130)
         except OSError as exc:
             # A file system refusal (read-only, not a folder, disk full...).
-            click.echo(f"Error: {_os_error_line(exc)}", err=True)
+            click.echo(f"Error: {os_error_line(exc)}", err=True)
             ctx.exit(6)
 
 
@@ -113,19 +112,6 @@ def _command_path(ctx: click.Context, words: list[str]) -> str:
             break
         path.append(word)
     return " ".join(path)
-
-
-def _os_error_line(exc: OSError) -> str:
-    """One line for a file system refusal; a file where a folder is needed
-    (making ``a/b`` when ``a`` is a file) is named as such."""
-    name = exc.filename
-    if name is not None and exc.errno in (errno.EEXIST, errno.ENOTDIR):
-        path = Path(os.fsdecode(name))
-        for part in (path, *path.parents):
-            if part.is_file():
-                return f"{part} is a file, not a folder; choose another path"
-    where = f": {name}" if name else ""
-    return f"{exc.strerror or exc}{where}; check the path and its rights"
 
 
 @click.group(cls=LclrGroup)

@@ -5,6 +5,10 @@ Anything that is not an :class:`LclrError` is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 
 class LclrError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with."""
@@ -75,3 +79,16 @@ def close_matches(word: str, candidates, n: int = 3, cutoff: float = 0.5) -> lis
     near += [k for k in keys if k in word]
     found = [c for k in dict.fromkeys(near) for c in folded[k]]
     return found[:n]
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file system refusal; a file where a folder is needed
+    (making ``a/b`` when ``a`` is a file) is named as such."""
+    name = exc.filename
+    if name is not None and exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        path = Path(os.fsdecode(name))
+        for part in (path, *path.parents):
+            if part.is_file():
+                return f"{part} is a file, not a folder; choose another path"
+    where = f": {name}" if name else ""
+    return f"{exc.strerror or exc}{where}; check the path and its rights"
