@@ -52,6 +52,11 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if not 0 <= args.warmup <= args.steps - 2:
+        # steps - 1 times between step ends; the median needs one left
+        parser.error(
+            f"--warmup must be 0 to --steps - 2 ({args.steps - 2}), got {args.warmup}"
+        )
 
     clock = StepClock()
     get_registry().pm.register(clock, name="step-clock")

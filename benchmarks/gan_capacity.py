@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lclr.errors import os_error_line
 from lclr.scripts import ArgumentParser, run_main
 from lclr_shapes import render
 from lclr_shapes.gan.config import GanConfig, parse_blocks
@@ -175,7 +176,7 @@ def main() -> None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                parser.error(f"cannot write {path}: {exc.strerror or exc}")
+                parser.error(f"cannot write {path}: {os_error_line(exc)}")
     torch.set_num_threads(args.threads)
 
     changes = {

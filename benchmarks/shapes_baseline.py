@@ -22,7 +22,7 @@ import torch
 
 import lclr
 from lclr.config import RunConfig
-from lclr.scripts import ArgumentParser, run_main
+from lclr.scripts import ArgumentParser, positive_int, run_main
 
 
 def main() -> None:
@@ -46,13 +46,19 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a generator option, e.g. -G class_label=square (repeatable)",
     )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument(
         "--random-sets", type=int, default=5, help="sets of K random directions"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(
+            f"--seeds takes whole numbers, comma-separated, got {args.seeds!r}"
+        )
     options = {}
     for item in args.generator_options:
         key, eq, value = item.partition("=")
@@ -61,7 +67,7 @@ def main() -> None:
         options[key] = value
     rows = []
     for direction in args.directions.split(","):
-        for seed in map(int, args.seeds.split(",")):
+        for seed in seeds:
             folder = args.out / f"{direction}-seed{seed}"
             config = RunConfig(
                 generator=args.generator, weights=args.weights,

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from lclr.config import RunConfig
-from lclr.scripts import ArgumentParser, run_main
+from lclr.scripts import ArgumentParser, positive_int, run_main
 from lclr.speed import OutOfMemory
 from lclr.training import RunState, build_components, make_optimizer, train_step
 
@@ -394,7 +394,7 @@ def main(argv=None) -> None:
     parser.add_argument("--full", action="store_true", help="the sweep untrimmed")
     parser.add_argument("--only", help="sweep only this generator (embedded, ...)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--chunk-size", type=int, help="the trainer's option")
     parser.add_argument("--max-memory", type=float, help="the trainer's option")
@@ -408,6 +408,10 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--markdown", type=Path, help="write the tables here")
     args = parser.parse_args(argv)
+    for name in filter(None, (args.generator, args.only)):
+        size = name.removeprefix("port")
+        if name != "embedded" and not (size.isdigit() and int(size) > 0):
+            parser.error(f"unknown generator {name!r}; use embedded or portSIZE")
     torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter

@@ -1357,3 +1357,17 @@ def test_a_run_with_the_spread_of_each_class_trains_and_resumes_exactly(tmp_path
     for a, b in zip(whole.G_ema.parameters(), resumed.G_ema.parameters(), strict=True):
         assert torch.equal(a, b)
     assert whole.D.mbstd_by_class and whole.FD.by_class
+
+
+def test_mode_seeking_needs_a_pair_in_the_batch(tmp_path):
+    # found by a tester: batch 1 with mode seeking on "diverged" at step 1
+    # (no pair, a NaN ratio); it is refused up front, late settings too
+    with pytest.raises(ValueError, match="needs a batch of 2 or more"):
+        tiny(batch=1)
+    with pytest.raises(ValueError, match="needs a batch of 2 or more"):
+        tiny(batch=1, mode_seeking=0.0, late_from=2, late={"mode_seeking": 0.5})
+    assert tiny(batch=1, mode_seeking=0.0).batch == 1
+    result = _invoke(["--out", str(tmp_path / "r"), "--batch-size", "1"])
+    assert result.exit_code != 0
+    assert str(result.exception).startswith("--mode-seeking compares pairs")
+    assert not (tmp_path / "r").exists()

@@ -106,3 +106,31 @@ def test_the_parser_ends_a_sentence_once(capsys):
         parser.error("is it?")
     assert stop.value.code == 2
     assert capsys.readouterr().err == "bench: error: is it? See 'bench --help'.\n"
+
+
+@pytest.mark.parametrize(
+    "name, args, words",
+    [
+        # found by a tester: each of these was a traceback
+        ("shapes_baseline", ["--threads", "0"], "--threads: must be at least 1"),
+        ("step_speed", ["--threads", "-1"], "--threads: must be at least 1"),
+        ("shapes_baseline", ["--seeds", "0,,1"], "--seeds takes whole numbers"),
+        ("step_speed", ["--generator", "nope"], "unknown generator 'nope'"),
+        ("distributed_step_time", ["--steps", "1"], "--warmup must be 0 to"),
+        ("distributed_step_time", ["--warmup", "-3"], "--warmup must be 0 to"),
+    ],
+)
+def test_a_benchmarks_bad_value_is_one_line_before_any_work(name, args, words):
+    result = _script(name, *args)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+
+
+def test_an_output_under_a_file_is_named_as_such(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    result = _script("gan_capacity", "--out", str(blocker / "x.json"), "--steps", "1")
+    assert result.returncode == 2
+    assert f"{blocker} is a file, not a folder" in result.stderr
+    assert len(result.stderr.splitlines()) == 1

@@ -27,6 +27,17 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{stop} See '{self.prog} --help'.\n")
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Call ``main()``; an error a user can cause ends the script in one
     line on stderr, with the exit code the ``lclr`` command uses."""

@@ -304,6 +304,13 @@ class GanConfig:
                 "feature_class reads the feature network, which only feature_d "
                 "trains; give feature_d a weight above 0 too"
             )
+        if self.batch < 2 and (self.mode_seeking or self.late.get("mode_seeking")):
+            # found by a tester: batch 1 has no pair, and its ratio was NaN
+            raise ValueError(
+                "mode_seeking compares pairs of samples of a batch, so it needs "
+                f"a batch of 2 or more (batch is {self.batch}); set it to 0 or "
+                "train with a larger batch"
+            )
         if self.mbstd_by == "class" and not self.conditional:
             raise ValueError("mbstd_by class needs a conditional run (classes)")
         if self.feature_class and not self.conditional:
