@@ -57,3 +57,13 @@ class CountFeatures:
             return real(codes, layer)
 
         generator.features = features
+
+
+def assert_same_gan(a, b):
+    """Two GAN trainers hold equal G, D and G_ema, tensor for tensor (a
+    resumed run against the one never stopped)."""
+    for net in ("G", "D", "G_ema"):
+        mine = getattr(a, net).state_dict()
+        theirs = getattr(b, net).state_dict()
+        for key in mine:
+            assert torch.equal(mine[key], theirs[key]), f"{net}.{key} differs"

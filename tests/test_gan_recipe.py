@@ -9,6 +9,7 @@ import math
 import attrs
 import pytest
 import torch
+from conftest import assert_same_gan
 
 from lclr.errors import RunFolderError
 from lclr.training import RunInterrupted
@@ -107,11 +108,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     train(tiny(steps=3), tmp_path / "split")
     resumed = train(tiny(steps=5), tmp_path / "split", resume=True)
     assert resumed.step == 5
-    for net in ("G", "D", "G_ema"):
-        a = getattr(whole, net).state_dict()
-        b = getattr(resumed, net).state_dict()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+    assert_same_gan(whole, resumed)
 
 
 def test_the_run_check_scores_samples_with_the_quality_bar_test(tmp_path):
@@ -154,11 +151,7 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
     whole = train(attrs.evolve(config, steps=4), tmp_path / "whole")
     train(attrs.evolve(config, steps=2), tmp_path / "split")
     resumed = train(attrs.evolve(config, steps=4), tmp_path / "split", resume=True)
-    for net in ("G", "D", "G_ema"):
-        a = getattr(whole, net).state_dict()
-        b = getattr(resumed, net).state_dict()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+    assert_same_gan(whole, resumed)
 
 
 @pytest.mark.parametrize(
@@ -745,11 +738,7 @@ def test_resume_across_the_late_step_matches_an_uninterrupted_run(tmp_path):
     train(tiny(steps=2, **config), tmp_path / "split")
     resumed = train(tiny(steps=5, **config), tmp_path / "split", resume=True)
     assert resumed.settings().augment_p == 0.0
-    for net in ("G", "D", "G_ema"):
-        a = getattr(whole, net).state_dict()
-        b = getattr(resumed, net).state_dict()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+    assert_same_gan(whole, resumed)
     # the late phase really trains differently from a one-phase run
     plain = train(tiny(steps=5, mode_seeking=1.0), tmp_path / "plain")
     assert any(
@@ -880,11 +869,7 @@ def test_a_run_with_reused_fakes_trains_and_resumes_exactly(tmp_path):
     train(tiny(steps=2, reuse_fakes=True), tmp_path / "split")
     resumed = train(tiny(steps=4, reuse_fakes=True), tmp_path / "split", resume=True)
     assert resumed.config.reuse_fakes
-    for net in ("G", "D", "G_ema"):
-        a = getattr(whole, net).state_dict()
-        b = getattr(resumed, net).state_dict()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{net}.{key} differs"
+    assert_same_gan(whole, resumed)
 
 
 def test_the_plain_view_rides_in_the_feature_heads_pass():
