@@ -82,7 +82,7 @@ def test_biggan_settings_are_checked():
     with pytest.raises(ValueError, match="arch"):
         tiny(arch="dcgan")
     with pytest.raises(ValueError, match="not output_dim"):
-        Trainer(tiny(size=32))
+        Trainer(tiny(size=32, d_channels={32: 8, 16: 8, 8: 8, 4: 8}))
     # the Python API too: the format would read -2 as "no attention"
     for position in (-2, len(tiny().biggan_blocks)):
         with pytest.raises(ValueError, match="-1 \\(none\\) or a block from 0"):

@@ -95,6 +95,19 @@ def _blocks_setting(text: str | None):
         raise ConfigError(_in_flags(str(exc))) from None
 
 
+def _channels_setting(text: str | None):
+    """``--d-channels`` as the config's dict; one line if malformed."""
+    from lclr.errors import ConfigError
+    from lclr_shapes.gan.config import parse_channels
+
+    if text is None:
+        return None
+    try:
+        return parse_channels(text)
+    except ValueError as exc:
+        raise ConfigError(_in_flags(str(exc))) from None
+
+
 def _same_as_saved(saved, given: dict, out: Path) -> None:
     """Refuse settings given with --resume that differ from the run's own
     (a resumed run keeps its config; only --steps and --minutes change)."""
@@ -126,6 +139,10 @@ def _as_options(key: str, config) -> str:
         from lclr_shapes.gan.config import blocks_text
 
         return f"{FLAGS[key]} {blocks_text(value)}"
+    if key == "d_channels":
+        from lclr_shapes.gan.config import channels_text
+
+        return f"{FLAGS[key]} {channels_text(value)}"
     return f"{FLAGS[key]} {value}"
 
 
@@ -193,6 +210,8 @@ def config_fields(
     biggan_blocks=None,
     biggan_attention=None,
     reuse_fakes=False,
+    feature_hidden=None,
+    d_channels=None,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
     given = {
@@ -210,6 +229,8 @@ def config_fields(
         "feature_render": feature_render,
         "feature_width": feature_width,
         "feature_steps": feature_steps,
+        "feature_hidden": feature_hidden,
+        "d_channels": _channels_setting(d_channels),
         "ema_kimg": ema_kimg,
         "reuse_fakes": reuse_fakes or None,  # a switch: given only when on
         "biggan_lr": biggan_lr,
@@ -341,6 +362,18 @@ def config_fields(
     help="Its supervised training steps before the GAN's, batch 64 [3000].",
 )
 @click.option(
+    "--feature-hidden",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Channels of each discriminator head on that network's features [64].",
+)
+@click.option(
+    "--d-channels",
+    default=None,
+    metavar="RES:CH,...",
+    help="D's channels at each resolution, 32 px down to 4 [32:32,16:64,8:128,4:128].",
+)
+@click.option(
     "--ema-kimg",
     type=float,
     default=None,
@@ -391,6 +424,8 @@ def train_gan(
     feature_render,
     feature_width,
     feature_steps,
+    feature_hidden,
+    d_channels,
     ema_kimg,
     reuse_fakes,
     mbstd_by,
@@ -415,7 +450,8 @@ def train_gan(
         feature_steps=feature_steps, ema_kimg=ema_kimg, biggan_lr=biggan_lr,
         mode_seeking=mode_seeking, mbstd_by=mbstd_by, z_dim=z_dim,
         biggan_blocks=biggan_blocks, biggan_attention=biggan_attention,
-        reuse_fakes=reuse_fakes,
+        reuse_fakes=reuse_fakes, feature_hidden=feature_hidden,
+        d_channels=d_channels,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 

@@ -57,6 +57,8 @@ FLAGS = {
     "feature_render": "--feature-render",
     "feature_width": "--feature-width",
     "feature_steps": "--feature-steps",
+    "feature_hidden": "--feature-hidden",
+    "d_channels": "--d-channels",
     "ema_kimg": "--ema-kimg",
     "reuse_fakes": "--reuse-fakes",
     "mbstd_by": "--mbstd-by",
@@ -75,6 +77,8 @@ USED_ONLY_WITH = {
     "give feature_d a weight above 0 or drop it",
     "feature_steps": "sets the feature network, which only feature_d trains; "
     "give feature_d a weight above 0 or drop it",
+    "feature_hidden": "sets the feature heads, which only feature_d trains; "
+    "give feature_d a weight above 0 or drop it",
 }
 """Fields that only some runs use, and what to do when one is set for a
 run that would not use it."""
@@ -84,12 +88,38 @@ def refuse_unused(config, names) -> None:
     """Raise ValueError for the first of the fields ``names`` that
     ``config`` would not use (a BigGAN-deep setting on another arch, a
     feature-network setting without ``feature_d``)."""
-    unused = {"feature_width", "feature_steps"} if not config.feature_d else set()
+    feature = {"feature_width", "feature_steps", "feature_hidden"}
+    unused = feature if not config.feature_d else set()
     if config.arch != "biggan":
         unused |= {"biggan_width", "biggan_blocks", "biggan_attention", "biggan_lr"}
     for name in names:
         if name in unused:
             raise ValueError(f"{name} {USED_ONLY_WITH[name]}")
+
+
+def channels_text(channels: dict[int, int]) -> str:
+    """Channels per resolution as ``--d-channels`` spells them:
+    ``RES:CH`` pairs from the largest resolution down, comma-separated
+    (``32:32,16:64,8:128,4:128``)."""
+    return ",".join(f"{res}:{ch}" for res, ch in sorted(channels.items(), reverse=True))
+
+
+def parse_channels(text: str) -> dict[int, int]:
+    """Inverse of :func:`channels_text`; ValueError names the first bad pair
+    or a resolution given twice."""
+    channels: dict[int, int] = {}
+    for part in text.split(","):
+        pair = part.strip()
+        res, sep, ch = pair.partition(":")
+        if not (sep and res.isdigit() and ch.isdigit()):
+            raise ValueError(
+                "d_channels takes RES:CH pairs, comma-separated "
+                f"(32:32,16:64,8:128,4:128); got '{pair}'"
+            )
+        if int(res) in channels:
+            raise ValueError(f"d_channels gives resolution {res} twice")
+        channels[int(res)] = int(ch)
+    return channels
 
 
 def _late(value) -> dict[str, float]:
@@ -274,6 +304,9 @@ class GanConfig:
     feature_steps: int = attrs.field(default=3000, validator=_positive)
     """Supervised steps (batch 64) that train it before the GAN starts;
     their wall time counts into the run's minutes."""
+    feature_hidden: int = attrs.field(default=64, validator=_positive)
+    """Channels and units of each discriminator head on that network's
+    features (:class:`~lclr_shapes.gan.features.FeatureHeads`)."""
 
     late_from: int | None = attrs.field(default=None, validator=_positive)
     """Steps trained with the early settings; the ``late`` ones replace
@@ -331,6 +364,14 @@ class GanConfig:
         defaults = attrs.fields_dict(GanConfig)
         changed = [n for n in USED_ONLY_WITH if getattr(self, n) != defaults[n].default]
         refuse_unused(self, changed)
+        want = [self.size >> i for i in range(self.size.bit_length())]
+        want = [res for res in want if res >= 4]
+        if set(self.d_channels) != set(want) or min(self.d_channels.values()) < 1:
+            raise ValueError(
+                f"d_channels must give every resolution from {self.size} down to "
+                f"4 ({', '.join(map(str, want))}) a channel count of 1 or more, "
+                f"got {channels_text(self.d_channels)}"
+            )
         if self.arch == "biggan" and not self.conditional:
             raise ValueError("arch biggan is class-conditional; keep conditional")
         if self.arch == "biggan":

@@ -149,6 +149,7 @@ class Trainer:
                     FeatureHeads(
                         config.feature_width,
                         self.c_dim,
+                        hidden=config.feature_hidden,
                         group=config.mbstd_group,
                         by_class=by_class,
                     )
