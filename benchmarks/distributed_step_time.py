@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if args.steps < 2:
+        # the median is taken over the times between step ends
+        parser.error(f"--steps must be 2 or more, got {args.steps}")
     if not 0 <= args.warmup <= args.steps - 2:
         # steps - 1 times between step ends; the median needs one left
         parser.error(

@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 import lclr
+from lclr import runfolder
 from lclr.config import RunConfig
+from lclr.errors import ConfigError
 from lclr.scripts import ArgumentParser, positive_int, run_main
 
 
@@ -77,6 +79,7 @@ def main() -> None:
             )  # fmt: skip
             start = time.perf_counter()
             if (folder / "directions.json").exists():
+                _check_same_run(folder, config)
                 print(f"{folder} exists: evaluating it as it is")
             else:
                 lclr.train(config, folder)
@@ -105,6 +108,20 @@ def main() -> None:
     (args.out / "baseline.json").write_text(json.dumps(rows, indent=2) + "\n")
     print()
     print(table(rows, args))
+
+
+def _check_same_run(folder: Path, config: RunConfig) -> None:
+    """Refuse to score a run left in ``folder`` by other settings (found by
+    review: a run of another --layer or --weights was scored as this one)."""
+    saved = runfolder.read_config(folder)
+    if saved == config:
+        return
+    new, old = config.to_dict(), saved.to_dict()
+    differ = [key for key in new if new[key] != old.get(key)]
+    raise ConfigError(
+        f"{folder} holds a run with other settings ({', '.join(differ)}); "
+        "remove it or choose another --out"
+    )
 
 
 def _random_score(summary: dict) -> float:

@@ -183,6 +183,12 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
         {"arch": "biggan", "biggan_attention": -1},
         {"style_dim": 64},
         {"arch": "biggan", "batch": 8, "ema_kimg": 2.5, "reuse_fakes": True},
+        {
+            "arch": "biggan",
+            "feature_d": 2.0,
+            "feature_hidden": 32,
+            "d_channels": {32: 16, 16: 32, 8: 64, 4: 128},
+        },
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -770,6 +776,15 @@ def test_command_line_late_settings_errors_are_one_line(tmp_path):
         (["--biggan-lr", "0.0002"], "--biggan-lr is for --arch biggan; add"),
         (["--feature-width", "8"], "--feature-width sets the feature network"),
         (["--feature-steps", "3000", "--feature-d", "0"], "--feature-steps sets"),
+        (["--feature-hidden", "64"], "--feature-hidden sets the feature heads"),
+        (["--d-channels", "32-16"], "--d-channels takes RES:CH pairs"),
+        (["--d-channels", "32:8,16:8,8:8,4:8,4:8"], "gives resolution 4 twice"),
+        (
+            ["--d-channels", "32:16,16:32"],
+            "--d-channels must give every resolution from 32 down to 4 "
+            "(32, 16, 8, 4) a channel count of 1 or more, got 32:16,16:32",
+        ),
+        (["--d-channels", "32:0,16:8,8:8,4:8"], "a channel count of 1 or more"),
         # a late name stays as typed, in the message's first words too
         (
             ["--late-from", "2", "--late", "feature_render=0.3"],
@@ -891,6 +906,36 @@ def test_the_plain_view_rides_in_the_feature_heads_pass():
     torch.testing.assert_close(vector, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_d_channels_and_feature_hidden_size_the_networks_that_train():
+    config = tiny(
+        d_channels={16: 3, 8: 5, 4: 7},
+        feature_d=1.0,
+        feature_width=4,
+        feature_steps=1,
+        feature_hidden=6,
+    )
+    trainer = Trainer(config)
+    assert trainer.D.from_rgb.weight.shape[0] == 3
+    assert [b.conv1.weight.shape[0] for b in trainer.D.blocks] == [5, 7]
+    for head in trainer.FD.heads:
+        assert head.fc.weight.shape[0] == 6
+    metrics = trainer.train_step()
+    assert math.isfinite(metrics["loss_d"]) and math.isfinite(metrics["loss_g"])
+    # a config saved before the two fields existed is the networks it was
+    saved = json.loads(GanConfig().to_json())
+    del saved["feature_hidden"]
+    assert GanConfig(**saved) == GanConfig()
+    assert GanConfig().d_channels == {32: 32, 16: 64, 8: 128, 4: 128}
+
+
+@pytest.mark.parametrize("value", ["yes", "false", 1, None])
+def test_a_switch_is_true_or_false(value):
+    # found by review: {"reuse_fakes": "yes"} was taken as on, "false" too
+    for name in ("reuse_fakes", "conditional"):
+        with pytest.raises(ValueError, match=f"{name} must be true or false"):
+            GanConfig(**{name: value})
+
+
 def _invoke(args):
     from click.testing import CliRunner
 
@@ -925,6 +970,10 @@ def test_resume_refuses_settings_other_than_the_runs_own(tmp_path):
         (["--r1-gamma", "0.5"], "--r1-gamma 0.1"),
         (["--seed", "3"], "--seed 0"),
         (["--reuse-fakes"], "no --reuse-fakes"),
+        (
+            ["--d-channels", "32:16,16:32,8:64,4:128"],
+            "--d-channels 32:32,16:64,8:128,4:128",
+        ),
     ):
         result = _invoke(["--out", str(out), "--steps", "2", "--resume", *args])
         assert result.exit_code != 0

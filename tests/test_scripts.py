@@ -116,7 +116,12 @@ def test_the_parser_ends_a_sentence_once(capsys):
         ("step_speed", ["--threads", "-1"], "--threads: must be at least 1"),
         ("shapes_baseline", ["--seeds", "0,,1"], "--seeds takes whole numbers"),
         ("step_speed", ["--generator", "nope"], "unknown generator 'nope'"),
-        ("distributed_step_time", ["--steps", "1"], "--warmup must be 0 to"),
+        ("distributed_step_time", ["--steps", "1"], "--steps must be 2 or more, got 1"),
+        (
+            "distributed_step_time",
+            ["--steps", "3", "--warmup", "2"],
+            "0 to --steps - 2 (1)",
+        ),
         ("distributed_step_time", ["--warmup", "-3"], "--warmup must be 0 to"),
     ],
 )
@@ -134,3 +139,31 @@ def test_an_output_under_a_file_is_named_as_such(tmp_path):
     assert result.returncode == 2
     assert f"{blocker} is a file, not a folder" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_baseline_left_by_other_settings_is_refused_not_scored(tmp_path):
+    # found by review: a run of another --layer was scored as this one
+    from lclr import runfolder
+    from lclr.config import RunConfig
+
+    folder = tmp_path / "ganspace-seed0"
+    folder.mkdir()
+    left = RunConfig(
+        generator="stylegan2", direction="ganspace", k=8, alpha=3.0,
+        batch_size=16, iterations=600, seed=0, layer="another",
+    )  # fmt: skip
+    runfolder.write_config(folder, left)
+    (folder / "directions.json").write_text("{}")
+    result = _script(
+        "shapes_baseline", "--directions", "ganspace", "--seeds", "0",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == ConfigError.exit_code
+    assert result.stderr.splitlines() == [
+        f"Error: {folder} holds a run with other settings (layer); remove it "
+        "or choose another --out"
+    ]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "directions.json",
+    ]

@@ -33,6 +33,12 @@ def _probability(instance, attribute, value):
         raise ValueError(f"{attribute.name} must be in [0, 1], got {value}")
 
 
+def _switch(instance, attribute, value):
+    # "yes" or 1 from an edited config.json would read as on, "false" too
+    if not isinstance(value, bool):
+        raise ValueError(f"{attribute.name} must be true or false, got {value!r}")
+
+
 def _int_keys(value) -> dict[int, int]:
     return {int(k): int(v) for k, v in dict(value).items()}
 
@@ -205,7 +211,7 @@ class GanConfig:
         factory=lambda: {4: 128, 8: 128, 16: 64, 32: 32}, converter=_int_keys
     )
     """Discriminator channels per resolution."""
-    conditional: bool = True
+    conditional: bool = attrs.field(default=True, validator=_switch)
     """Condition G and D on the shape class (one-hot, drawn uniformly)."""
     batch: int = attrs.field(default=16, validator=_positive)
     """Images per step, for D and for G alike."""
@@ -235,7 +241,7 @@ class GanConfig:
     """Differentiable augmentations applied before D, in order."""
     augment_p: float = attrs.field(default=0.5, validator=_probability)
     """Probability of each augmentation, per sample."""
-    reuse_fakes: bool = False
+    reuse_fakes: bool = attrs.field(default=False, validator=_switch)
     """G's step trains on the images D's step has just judged (drawn once,
     with gradients) instead of drawing a second batch: one forward of G a
     step, not two. Mode seeking's pairs of a class are then D's too."""
