@@ -82,28 +82,15 @@ def _late_settings(pairs: tuple[str, ...]) -> dict[str, float]:
     return late
 
 
-def _blocks_setting(text: str | None):
-    """``--biggan-blocks`` as the config's tuples; one line if malformed."""
+def _parsed(text: str | None, parse):
+    """An option's text through the config's ``parse`` (``parse_blocks``,
+    ``parse_channels``); one line if malformed."""
     from lclr.errors import ConfigError
-    from lclr_shapes.gan.config import parse_blocks
 
     if text is None:
         return None
     try:
-        return parse_blocks(text)
-    except ValueError as exc:
-        raise ConfigError(_in_flags(str(exc))) from None
-
-
-def _channels_setting(text: str | None):
-    """``--d-channels`` as the config's dict; one line if malformed."""
-    from lclr.errors import ConfigError
-    from lclr_shapes.gan.config import parse_channels
-
-    if text is None:
-        return None
-    try:
-        return parse_channels(text)
+        return parse(text)
     except ValueError as exc:
         raise ConfigError(_in_flags(str(exc))) from None
 
@@ -125,7 +112,7 @@ def _same_as_saved(saved, given: dict, out: Path) -> None:
 
 def _as_options(key: str, config) -> str:
     """A saved setting as the options that would give it."""
-    from lclr_shapes.gan.config import FLAGS
+    from lclr_shapes.gan.config import FLAGS, option_text
 
     value = getattr(config, key)
     if key == "late":
@@ -135,15 +122,7 @@ def _as_options(key: str, config) -> str:
         return f"no {FLAGS[key]}"
     if isinstance(value, bool):
         return FLAGS[key] if value else f"no {FLAGS[key]}"
-    if key == "biggan_blocks":
-        from lclr_shapes.gan.config import blocks_text
-
-        return f"{FLAGS[key]} {blocks_text(value)}"
-    if key == "d_channels":
-        from lclr_shapes.gan.config import channels_text
-
-        return f"{FLAGS[key]} {channels_text(value)}"
-    return f"{FLAGS[key]} {value}"
+    return f"{FLAGS[key]} {option_text(key, value)}"
 
 
 def _in_flags(message: str) -> str:
@@ -214,6 +193,8 @@ def config_fields(
     d_channels=None,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
+    from lclr_shapes.gan.config import parse_blocks, parse_channels
+
     given = {
         "arch": arch,
         "seed": seed,
@@ -222,7 +203,7 @@ def config_fields(
         "pl_weight": pl_weight,
         "biggan_width": biggan_width,
         "style_dim": z_dim,
-        "biggan_blocks": _blocks_setting(biggan_blocks),
+        "biggan_blocks": _parsed(biggan_blocks, parse_blocks),
         "biggan_attention": biggan_attention,
         "feature_d": feature_d,
         "feature_class": feature_class,
@@ -230,7 +211,7 @@ def config_fields(
         "feature_width": feature_width,
         "feature_steps": feature_steps,
         "feature_hidden": feature_hidden,
-        "d_channels": _channels_setting(d_channels),
+        "d_channels": _parsed(d_channels, parse_channels),
         "ema_kimg": ema_kimg,
         "reuse_fakes": reuse_fakes or None,  # a switch: given only when on
         "biggan_lr": biggan_lr,

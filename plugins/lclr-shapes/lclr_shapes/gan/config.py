@@ -128,6 +128,16 @@ def parse_channels(text: str) -> dict[int, int]:
     return channels
 
 
+def option_text(field: str, value) -> str:
+    """A field's value as its training option spells it: blocks and
+    channels in their own forms, a number with every digit."""
+    if field == "biggan_blocks":
+        return blocks_text(value)
+    if field == "d_channels":
+        return channels_text(value)
+    return value if isinstance(value, str) else repr(value)
+
+
 def _late(value) -> dict[str, float]:
     late = {str(k): float(v) for k, v in dict(value or {}).items()}
     unknown = sorted(set(late) - set(LATE_FIELDS))

@@ -24,7 +24,7 @@ import torch
 
 from lclr.errors import ConfigError, RunFolderError
 from lclr_shapes import render
-from lclr_shapes.gan.config import FLAGS, GanConfig, blocks_text, channels_text
+from lclr_shapes.gan.config import FLAGS, GanConfig, option_text
 from lclr_shapes.gan.train import build_generator, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -45,14 +45,10 @@ def _recipe(config: GanConfig) -> str:
             continue
         if field == "late":
             parts += [f"{flag} {name}={v!r}" for name, v in sorted(value.items())]
-        elif field == "biggan_blocks":
-            parts.append(f"{flag} {blocks_text(value)}")
-        elif field == "d_channels":
-            parts.append(f"{flag} {channels_text(value)}")
         elif isinstance(value, bool):
             parts.append(flag)  # a switch: only True differs from the default
         else:
-            parts.append(f"{flag} {value if isinstance(value, str) else repr(value)}")
+            parts.append(f"{flag} {option_text(field, value)}")
     if config.minutes is not None:
         parts.append(f"--minutes {config.minutes!r}")  # every digit
     if config.steps is not None:
