@@ -189,6 +189,8 @@ def test_resume_at_32_px_matches_an_uninterrupted_run(tmp_path):
             "feature_hidden": 32,
             "d_channels": {32: 16, 16: 32, 8: 64, 4: 128},
         },
+        {"arch": "biggan", "augment_p": 0.0},
+        {"augment_p": 0.25, "late_from": 50, "late": {"augment_p": 0.0}},
     ],
 )
 def test_the_recorded_recipe_trains_the_same_config(changes):
@@ -777,6 +779,7 @@ def test_command_line_late_settings_errors_are_one_line(tmp_path):
         (["--feature-width", "8"], "--feature-width sets the feature network"),
         (["--feature-steps", "3000", "--feature-d", "0"], "--feature-steps sets"),
         (["--feature-hidden", "64"], "--feature-hidden sets the feature heads"),
+        (["--augment-p", "1.5"], "1.5 is not in the range 0<=x<=1"),
         (["--d-channels", "32-16"], "--d-channels takes RES:CH pairs"),
         (["--d-channels", "32:8,16:8,8:8,4:8,4:8"], "gives resolution 4 twice"),
         (

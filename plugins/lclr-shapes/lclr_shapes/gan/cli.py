@@ -191,6 +191,7 @@ def config_fields(
     reuse_fakes=False,
     feature_hidden=None,
     d_channels=None,
+    augment_p=None,
 ) -> dict:
     """The GanConfig fields that train-gan's options set (those given)."""
     from lclr_shapes.gan.config import parse_blocks, parse_channels
@@ -216,6 +217,7 @@ def config_fields(
         "reuse_fakes": reuse_fakes or None,  # a switch: given only when on
         "biggan_lr": biggan_lr,
         "mode_seeking": mode_seeking,
+        "augment_p": augment_p,
         "mbstd_by": mbstd_by,
         "late_from": late_from,
         "late": _late_settings(late) or None,
@@ -262,6 +264,13 @@ def config_fields(
     type=click.FloatRange(min=0),
     default=None,
     help="Weight of the mode-seeking term, G's diversity push [1.0; 0: off].",
+)
+@click.option(
+    "--augment-p",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Chance of each augmentation (translation, cutout) per image before "
+    "D [0.5; 0: D sees the images as drawn].",
 )
 @click.option(
     "--late-from",
@@ -393,6 +402,7 @@ def train_gan(
     r1_gamma,
     pl_weight,
     mode_seeking,
+    augment_p,
     late_from,
     late,
     biggan_width,
@@ -432,7 +442,7 @@ def train_gan(
         mode_seeking=mode_seeking, mbstd_by=mbstd_by, z_dim=z_dim,
         biggan_blocks=biggan_blocks, biggan_attention=biggan_attention,
         reuse_fakes=reuse_fakes, feature_hidden=feature_hidden,
-        d_channels=d_channels,
+        d_channels=d_channels, augment_p=augment_p,
     )  # fmt: skip
     from lclr_shapes.gan.train import LOG, check_new_folder, load_checkpoint
 

@@ -53,6 +53,7 @@ FLAGS = {
     "r1_gamma": "--r1-gamma",
     "pl_weight": "--pl-weight",
     "mode_seeking": "--mode-seeking",
+    "augment_p": "--augment-p",
     "style_dim": "--z-dim",
     "biggan_width": "--biggan-width",
     "biggan_blocks": "--biggan-blocks",
